@@ -1,0 +1,50 @@
+# t2t-vit-lite: set-up and the entry points the README names.
+# Needs only python3 and make: everything else is installed into $(VENV).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export MPLBACKEND := Agg
+export PYTHONWARNINGS := ignore::DeprecationWarning
+
+.PHONY: setup test book readme sync-check nbtest pytest train clean
+.DEFAULT_GOAL := test
+
+# the virtual environment, created if missing and refreshed when the requirements change
+$(BIN)/.installed: settings.ini setup.py
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $@
+
+setup: $(BIN)/.installed
+
+# README.md is generated from nbs/index.ipynb (nbdev_readme needs Quarto, which cannot be installed here)
+readme: setup
+	$(BIN)/jupyter nbconvert --log-level=ERROR --to markdown --stdout nbs/index.ipynb > README.md
+
+# fail when nbdev_clean, nbdev_export or the README generation would change a tracked file
+SYNCED := nbs t2t_vit_lite README.md
+sync-check: setup
+	@before=$$(git ls-files -z $(SYNCED) | xargs -0 md5sum); \
+	$(BIN)/nbdev_clean && $(BIN)/nbdev_export && $(MAKE) --no-print-directory readme >/dev/null; \
+	after=$$(git ls-files -z $(SYNCED) | xargs -0 md5sum); \
+	if [ "$$before" != "$$after" ]; then \
+	  echo "Notebooks, library and README were out of sync; these files changed:"; \
+	  diff <(echo "$$before") <(echo "$$after") | grep '^>' | awk '{print "  " $$3}'; \
+	  echo "Run: nbdev_clean && nbdev_export && make readme, then commit."; exit 1; fi; \
+	echo "sync-check: notebooks, library and README are in sync"
+
+nbtest: setup
+	$(BIN)/nbdev_test --n_workers 2
+
+book: setup
+	$(BIN)/jupyter-book build -W --keep-going .
+
+pytest: setup
+	$(BIN)/python -m pytest tests/ -q
+
+test: sync-check nbtest book pytest
+
+clean:
+	rm -rf _build _proc _docs
