@@ -8,7 +8,7 @@ def test_every_exported_notebook_has_its_module():
     "Each `#| default_exp m` notebook produced t2t_vit_lite/m.py (nbdev_export ran)."
     import json
     for nb in sorted((ROOT / 'nbs').glob('[0-9][0-9]_*.ipynb')):
-        src = ''.join(''.join(c['source']) for c in json.load(open(nb))['cells'] if c['cell_type'] == 'code')
+        src = '\n'.join(''.join(c['source']) for c in json.load(open(nb))['cells'] if c['cell_type'] == 'code')
         for line in src.splitlines():
             if line.startswith('#| default_exp'):
                 mod = line.split()[-1]
