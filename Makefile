@@ -21,7 +21,7 @@ setup: $(BIN)/.installed
 
 # README.md is generated from nbs/index.ipynb (nbdev_readme needs Quarto, which cannot be installed here)
 readme: setup
-	$(BIN)/jupyter nbconvert --log-level=ERROR --to markdown --stdout nbs/index.ipynb > README.md
+	$(BIN)/jupyter nbconvert --log-level=ERROR --to markdown --stdout --TagRemovePreprocessor.remove_cell_tags=remove-cell nbs/index.ipynb > README.md
 
 # fail when nbdev_clean, nbdev_export or the README generation would change a tracked file
 SYNCED := nbs t2t_vit_lite README.md
