@@ -46,5 +46,9 @@ pytest: setup
 
 test: sync-check nbtest book pytest
 
+# the main job's demo: a small T2T-ViT on the embedded digits, on the CPU (a few minutes)
+train: setup
+	$(BIN)/t2t-train --device cpu --output runs/demo
+
 clean:
 	rm -rf _build _proc _docs

@@ -1,0 +1,33 @@
+"""Shared fixtures for the training tests: a tiny image folder and the command lines of tiny runs."""
+import os, shutil, subprocess, sys, json, pathlib
+import torch
+
+TINY_MODEL = ['--model', 't2t_vit_t_14', '--img-size', '16', '--model-kwargs',
+              json.dumps(dict(embed_dim=32, depth=1, num_heads=2, mlp_ratio=1., token_dim=8, schedule=[[3, 2, 1], [3, 2, 1], [3, 1, 1]]))]
+ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+
+
+def tiny_folder(root, per_class=8, n_val=2, classes=4):
+    "A small ImageNet-style folder cut from the digits demo set."
+    from t2t_vit_lite.data import digits_folder
+    src = digits_folder(pathlib.Path(root).parent / 'digits_src')
+    for c in range(classes):
+        for split, n in (('train', per_class), ('val', n_val)):
+            d = pathlib.Path(root) / split / str(c); d.mkdir(parents=True, exist_ok=True)
+            for f in sorted((src / split / str(c)).iterdir())[:n]: shutil.copy(f, d / f.name)
+    return pathlib.Path(root)
+
+
+def train_cmd(data, out, *extra, torchrun=None):
+    base = [sys.executable, '-m', 't2t_vit_lite.train'] if torchrun is None else \
+        [sys.executable, '-m', 'torch.distributed.run', *torchrun, '-m', 't2t_vit_lite.train']
+    return base + ['--data', str(data), '--output', str(out), '--workers', '0', '--no-progress', *TINY_MODEL, *map(str, extra)]
+
+
+def run(cmd, timeout=300, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV, **kw)
+
+
+def weights(path, key='state_dict'):
+    from t2t_vit_lite.checkpoints import read_checkpoint
+    return read_checkpoint(path)[key]
