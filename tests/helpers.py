@@ -2,7 +2,7 @@
 import os, shutil, subprocess, sys, json, pathlib
 import torch
 
-TINY_MODEL = ['--model', 't2t_vit_t_14', '--img-size', '16', '--model-kwargs',
+TINY_MODEL = ['--model', 't2t_vit_t_14', '--img-size', '16', '--lr-base-batch', '8', '--model-kwargs',
               json.dumps(dict(embed_dim=32, depth=1, num_heads=2, mlp_ratio=1., token_dim=8, schedule=[[3, 2, 1], [3, 2, 1], [3, 1, 1]]))]
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
 
@@ -26,6 +26,23 @@ def train_cmd(data, out, *extra, torchrun=None):
 
 def run(cmd, timeout=300, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV, **kw)
+
+
+def run_group(cmd, timeout, log_path, on_poll=None):
+    """Run `cmd` in its own process group, output to `log_path`; call `on_poll(proc)` every 50 ms. On timeout the
+    whole group is killed (orphaned torchrun workers included). Returns the exit code, or None on timeout."""
+    import os, signal, time
+    with open(log_path, 'w') as log:
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
+        deadline = time.time() + timeout
+        while p.poll() is None and time.time() < deadline:
+            if on_poll: on_poll(p)
+            time.sleep(0.05)
+        rc = p.poll()
+        try: os.killpg(p.pid, signal.SIGKILL)       # leave nothing behind
+        except ProcessLookupError: pass
+        p.wait()
+        return rc
 
 
 def weights(path, key='state_dict'):

@@ -2,7 +2,7 @@
 import csv, os, signal, subprocess, sys, time, pathlib
 import pytest
 import torch
-from helpers import tiny_folder, train_cmd, run, weights, ENV
+from helpers import tiny_folder, train_cmd, run, run_group, weights, ENV
 
 
 @pytest.fixture(scope='module')
@@ -23,7 +23,6 @@ def test_two_process_ddp_equals_one_process(data, tmp_path):
     assert r2.returncode == 0, r2.stderr[-2000:]
     assert 'total batch 8 = 4 x 2 x 1 accum' in (tmp_path / 'two' / 'log.txt').read_text()
     a, b = weights(tmp_path / 'one' / 'last.pth.tar'), weights(tmp_path / 'two' / 'last.pth.tar')
-    init = weights(tmp_path / 'one' / 'last.pth.tar')   # sanity below: training moved the weights
     assert a.keys() == b.keys()
     for k in a: torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
     ck = torch.load(tmp_path / 'one' / 'last.pth.tar', weights_only=False)
@@ -62,27 +61,24 @@ def _children(pid):
 
 def test_killed_worker_under_torchrun_is_recovered(data, tmp_path):
     """A worker killed with SIGKILL under `torchrun --max-restarts=3`: the group restarts in place and resumes from the
-    newest checkpoint; if gloo's in-place restart fails (seen on this machine, cf. pytorch/pytorch#167288), relaunching
-    the same command resumes. Either way the run completes and each epoch is trained to completion exactly once."""
+    newest checkpoint. On this machine gloo's in-place restart sometimes fails or hangs (cf. pytorch/pytorch#167288),
+    so it gets a bounded time; then relaunching the same command must resume. Either way the run completes, and each
+    epoch appears once in metrics.csv: the failure cost at most the epoch in flight."""
     out = tmp_path / 'elastic'
     cmd = train_cmd(data, out, '--epochs', 4, '-b', 8, '--warmup-epochs', 1, '--resume', 'auto',
                     torchrun=['--nproc_per_node=2', '--max-restarts=3', '--rdzv-backend=c10d', '--rdzv-endpoint=localhost:29583'])
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, start_new_session=True)
-    deadline, killed = time.time() + 240, None
-    while time.time() < deadline and p.poll() is None:
-        if (out / 'last.pth.tar').exists() and torch.load(out / 'last.pth.tar', weights_only=False)['epoch'] >= 0:
-            workers = [c for c in _children(p.pid)]
-            if len(workers) >= 2: killed = workers[-1]; os.kill(killed, signal.SIGKILL); break
-        time.sleep(0.05)
-    assert killed, 'no worker to kill'
-    try:
-        p.communicate(timeout=180); in_place = p.returncode == 0
-    except subprocess.TimeoutExpired:       # a hung rendezvous: stop it, the relaunch below must recover
-        os.killpg(p.pid, signal.SIGKILL); p.communicate(); in_place = False
+    killed = []
+    def kill_a_worker(p):
+        if killed or not (out / 'last.pth.tar').exists(): return
+        workers = _children(p.pid)
+        if len(workers) >= 2: killed.append(workers[-1]); os.kill(workers[-1], signal.SIGKILL)
+    rc = run_group(cmd, 150, tmp_path / 'in_place.log', kill_a_worker)
+    assert killed, 'no worker was killed: ' + (tmp_path / 'in_place.log').read_text()[-2000:]
+    in_place = rc == 0
     if not in_place:
-        r = run(cmd, timeout=300)
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    print('in-place restart', 'succeeded' if in_place else 'failed; the relaunch resumed')
+        rc = run_group(cmd, 240, tmp_path / 'relaunch.log')
+        assert rc == 0, (tmp_path / 'relaunch.log').read_text()[-3000:]
+    print('in-place restart', 'succeeded' if in_place else f'did not finish (exit {rc}); the relaunch resumed')
     assert epochs_logged(out) == [0, 1, 2, 3]
     assert torch.load(out / 'last.pth.tar', weights_only=False)['epoch'] == 3
     assert 'resumed from' in (out / 'log.txt').read_text()
@@ -114,3 +110,20 @@ def test_bad_data_folder_is_refused_before_work(tmp_path, layout, message):
 def test_batch_not_divisible_by_world_size_is_refused(data, tmp_path):
     r = run(train_cmd(data, tmp_path / 'out', '-b', 7, torchrun=['--nproc_per_node=2', '--master_port=29575']))
     assert r.returncode != 0 and 'does not divide by world size 2' in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize('amp', ['bf16', 'fp16'])
+def test_mixed_precision_on_cpu_trains_with_finite_loss(data, tmp_path, amp):
+    "bf16 autocast, and fp16 autocast with a GradScaler: one short epoch, finite losses, no skipped step."
+    r = run(train_cmd(data, tmp_path / amp, '--epochs', 1, '-b', 8, '--warmup-epochs', 0, '--amp', amp))
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = list(csv.DictReader(open(tmp_path / amp / 'metrics.csv')))[0]
+    assert row['nonfinite'] == '0' and float(row['train_loss']) == float(row['train_loss']) and float(row['train_loss']) < 10
+    assert f'amp={amp}' in (tmp_path / amp / 'log.txt').read_text()
+
+
+def test_non_finite_losses_stop_the_run_with_a_clear_message(data, tmp_path):
+    r = run(train_cmd(data, tmp_path / 'nan', '--epochs', 2, '-b', 8, '--warmup-epochs', 0, '--lr', 1e30, '--max-nonfinite', 2, '--no-ema'))
+    log = (tmp_path / 'nan' / 'log.txt').read_text()
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert 'non-finite loss at step' in log and '2 non-finite losses in a row' in log
