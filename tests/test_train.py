@@ -76,8 +76,8 @@ def test_killed_worker_under_torchrun_is_recovered(data, tmp_path):
     assert killed, 'no worker was killed: ' + (tmp_path / 'in_place.log').read_text()[-2000:]
     in_place = rc == 0
     if not in_place:
-        rc = run_group(cmd, 240, tmp_path / 'relaunch.log')
-        assert rc == 0, (tmp_path / 'relaunch.log').read_text()[-3000:]
+        rc2 = run_group(cmd, 240, tmp_path / 'relaunch.log')
+        assert rc2 == 0, (tmp_path / 'relaunch.log').read_text()[-3000:]
     print('in-place restart', 'succeeded' if in_place else f'did not finish (exit {rc}); the relaunch resumed')
     assert epochs_logged(out) == [0, 1, 2, 3]
     assert torch.load(out / 'last.pth.tar', weights_only=False)['epoch'] == 3
