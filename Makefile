@@ -4,7 +4,6 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-export MPLBACKEND := Agg
 export PYTHONWARNINGS := ignore::DeprecationWarning
 
 .PHONY: setup test book readme sync-check nbtest pytest train clean

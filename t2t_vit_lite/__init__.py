@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/index.ipynb #c246a039
+# %% ../nbs/index.ipynb #854d5ecc
 # The package's public API (hidden in the book and the README): importing t2t_vit_lite registers the models in timm.
 from .models import create_model, list_models, VARIANTS
 from .backbone import T2TViT, count_params, count_macs

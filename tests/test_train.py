@@ -127,3 +127,24 @@ def test_non_finite_losses_stop_the_run_with_a_clear_message(data, tmp_path):
     log = (tmp_path / 'nan' / 'log.txt').read_text()
     assert r.returncode == 3, r.stderr[-2000:]
     assert 'non-finite loss at step' in log and '2 non-finite losses in a row' in log
+
+
+def test_gradient_accumulation_equals_the_full_batch(data, tmp_path):
+    "2 micro-batches of 4 with --accum-steps 2 give the weights of one batch of 8 (up to float rounding)."
+    common = ['--epochs', 1, '--max-steps-per-epoch', 3, '-b', 8, '--no-aug', '--no-ema', '--drop-path', 0, '--warmup-epochs', 0, '--lr', 1e-3]
+    for name, extra in (('full', []), ('accum', ['--accum-steps', 2])):
+        r = run(train_cmd(data, tmp_path / name, *common, *extra))
+        assert r.returncode == 0, r.stderr[-2000:]
+    assert 'total batch 8 = 4 x 1 x 2 accum' in (tmp_path / 'accum' / 'log.txt').read_text()
+    a, b = weights(tmp_path / 'full' / 'last.pth.tar'), weights(tmp_path / 'accum' / 'last.pth.tar')
+    for k in a: torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_console_scripts_are_installed():
+    import shutil
+    bin_dir = pathlib.Path(sys.executable).parent
+    for script in ('t2t-train', 't2t-eval'):
+        exe = shutil.which(script, path=str(bin_dir)) or shutil.which(script)
+        assert exe, f'{script} is not installed'
+        r = run([exe, '--help'])
+        assert r.returncode == 0 and script in r.stdout

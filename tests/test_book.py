@@ -1,0 +1,25 @@
+"""The rendered book (after `make book`): every chapter page shows the figures its notebook draws, from this build."""
+import json, pathlib, re
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+HTML = ROOT / '_build' / 'html'
+pytestmark = pytest.mark.skipif(not (HTML / 'index.html').exists(), reason='the book is not built (make book)')
+
+
+def figure_cells(nb):
+    "Code cells that draw: they call a plotting helper or create a figure."
+    cells = json.load(open(nb))['cells']
+    return [c for c in cells if c['cell_type'] == 'code' and '#| export' not in ''.join(c['source'])
+            and re.search(r'plt\.(subplots|imshow)|^\s*(show|plot|draw)_\w+\(', ''.join(c['source']), re.M)]
+
+
+@pytest.mark.parametrize('nb', sorted((ROOT / 'nbs').glob('[0-9][0-9]_*.ipynb')), ids=lambda p: p.stem)
+def test_chapter_page_shows_its_figures(nb):
+    page = HTML / 'nbs' / f'{nb.stem}.html'
+    assert page.exists(), f'{page} was not rendered'
+    images = re.findall(r'<img[^>]+src="\.\./_images/([^"]+\.png)"', page.read_text())
+    assert len(images) >= len(figure_cells(nb)) >= 1, f'{nb.stem}: {len(images)} images for {len(figure_cells(nb))} figure cells'
+    for img in images:
+        f = HTML / '_images' / img
+        assert f.exists() and f.stat().st_mtime >= page.stat().st_mtime - 3600, f'{img} is missing or stale'
