@@ -18,7 +18,7 @@ from .checkpoints import load_checkpoint, read_checkpoint, extract_state_dict
 from .data import SafeImageFolder, collate_skip, eval_transform, split_dirs, check_class_folder, DataError
 
 # %% auto #0
-__all__ = ['ShardSampler', 'autocast_for', 'evaluate', 'get_parser', 'main']
+__all__ = ['ShardSampler', 'autocast_for', 'evaluate', 'get_parser', 'run', 'main']
 
 # %% ../nbs/10_evaluate.ipynb #7b568273
 class ShardSampler(Sampler):
@@ -78,7 +78,7 @@ def _model_from_checkpoint(args):
     name = args.model or saved.get('model') or (ckpt.get('metadata') or {}).get('variant')
     if not name: raise SystemExit(f'--model is needed: {args.checkpoint} does not say which variant it holds ({", ".join(VARIANTS)})')
     kw = dict(saved.get('model_kwargs') or {}) if not args.model or args.model == saved.get('model') else {}
-    kw['img_size'] = args.img_size or kw.get('img_size') or int((ckpt.get('metadata') or {}).get('img_size') or 224)
+    kw['img_size'] = args.img_size or saved.get('img_size') or int((ckpt.get('metadata') or {}).get('img_size') or 224)
     head = extract_state_dict(ckpt, path=args.checkpoint)[0].get('head.weight')
     if head is not None: kw['num_classes'] = head.shape[0]     # the head the weights were trained with
     return name, kw
@@ -88,8 +88,8 @@ def _dist_env():
         dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
-def main(argv=None):
-    "Entry point of `t2t-eval` and `python -m t2t_vit_lite.evaluate`."
+def run(argv=None) -> dict:
+    "Evaluate as the command line says; returns the result dict (what `t2t-eval --json` prints)."
     args = get_parser().parse_args(argv)
     try:
         root = Path(args.data)
@@ -120,5 +120,9 @@ def main(argv=None):
             for f in res['skipped_files']: print(f'  skipped unreadable image: {f}')
     if dist.is_initialized(): dist.destroy_process_group()
     return res
+
+def main(argv=None):
+    "Entry point of `t2t-eval` and `python -m t2t_vit_lite.evaluate` (exit status 0, or 2 on bad input)."
+    run(argv)
 
 if __name__ == '__main__' and not hasattr(sys, 'ps1') and 'ipykernel' not in sys.modules: main()

@@ -28,7 +28,7 @@ from .evaluate import evaluate, autocast_for, ShardSampler
 # %% auto #0
 __all__ = ['RECIPE', 'PRESETS', 'DEMO', 'preset_for', 'scaled_lr', 'get_parser', 'resolve_args', 'setup_distributed',
            'seed_epoch', 'rng_state', 'unwrap', 'save_training_state', 'find_resume', 'NonFiniteLoss',
-           'train_one_epoch', 'build_data', 'check_args', 'main', 'plot_curves']
+           'train_one_epoch', 'build_data', 'check_args', 'run', 'main', 'plot_curves']
 
 # %% ../nbs/09_train.ipynb #734203bd
 RECIPE = dict(epochs=310, warmup_epochs=5, smoothing=0.1, drop=0., drop_path=0.1, mixup=0.8, cutmix=1.0, reprob=0.25,
@@ -224,8 +224,8 @@ def check_args(args, world):
     if args.data is not None: split_dirs(args.data)
 
 # %% ../nbs/09_train.ipynb #21a1e9be
-def main(argv=None):
-    "Entry point of `t2t-train`, `python -m t2t_vit_lite.train` and `torchrun ... -m t2t_vit_lite.train`."
+def run(argv=None) -> dict:
+    "Train as the command line says; returns the best EMA top-1, the output folder and the last step."
     args = resolve_args(get_parser().parse_args(argv))
     rank, world, local, device = setup_distributed(args.device)
     args.world_size = world
@@ -319,17 +319,23 @@ def main(argv=None):
     if dist.is_initialized(): dist.destroy_process_group()
     return dict(best=best, output=str(out), step=step)
 
-def plot_curves(csv_path, png_path):
-    "Loss and accuracy curves of a run's metrics.csv, as a PNG."
-    import matplotlib; import matplotlib.pyplot as plt
+def main(argv=None):
+    "Entry point of `t2t-train`, `python -m t2t_vit_lite.train` and `torchrun ... -m t2t_vit_lite.train`."
+    run(argv)
+
+def plot_curves(csv_path, png_path=None):
+    "Loss and accuracy curves of a run's metrics.csv: saved as a PNG at `png_path`, else returned as a figure."
+    import matplotlib.pyplot as plt
     rows = list(csv.DictReader(open(csv_path)))
     ep = [int(r['epoch']) for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.3))
-    a.plot(ep, [float(r['train_loss']) for r in rows], label='train'); a.plot(ep, [float(r['val_loss']) for r in rows], label='val')
+    a.plot(ep, [float(r['train_loss']) for r in rows], 'o-', label='train'); a.plot(ep, [float(r['val_loss']) for r in rows], 'o-', label='val')
     a.set_xlabel('epoch'); a.set_ylabel('loss'); a.legend()
-    b.plot(ep, [float(r['top1']) for r in rows], label='top-1'); b.plot(ep, [float(r['ema_top1']) for r in rows], label='EMA top-1')
+    b.plot(ep, [float(r['top1']) for r in rows], 'o-', label='top-1'); b.plot(ep, [float(r['ema_top1']) for r in rows], 'o-', label='EMA top-1')
     b.set_xlabel('epoch'); b.set_ylabel('val accuracy (%)'); b.legend()
-    fig.tight_layout(); fig.savefig(png_path, dpi=100); plt.close(fig)
+    fig.suptitle(f'{Path(csv_path).parent.name}: {len(rows)} epochs', fontsize=9); fig.tight_layout()
+    if png_path is None: return fig
+    fig.savefig(png_path, dpi=100); plt.close(fig)
     return png_path
 
 if __name__ == '__main__' and not hasattr(sys, 'ps1') and 'ipykernel' not in sys.modules: main()

@@ -140,11 +140,24 @@ def test_gradient_accumulation_equals_the_full_batch(data, tmp_path):
     for k in a: torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
-def test_console_scripts_are_installed():
+def _script(name):
     import shutil
-    bin_dir = pathlib.Path(sys.executable).parent
-    for script in ('t2t-train', 't2t-eval'):
-        exe = shutil.which(script, path=str(bin_dir)) or shutil.which(script)
-        assert exe, f'{script} is not installed'
-        r = run([exe, '--help'])
-        assert r.returncode == 0 and script in r.stdout
+    exe = shutil.which(name, path=str(pathlib.Path(sys.executable).parent)) or shutil.which(name)
+    assert exe, f'{name} is not installed'
+    return exe
+
+
+def test_console_scripts_train_then_evaluate_agree(data, tmp_path):
+    """`t2t-train` then `t2t-eval` on its best checkpoint, the model rebuilt from the checkpoint's own args: both
+    exit 0, and t2t-eval's top-1 equals the EMA top-1 that training logged for that checkpoint."""
+    import json
+    out = tmp_path / 'run'
+    cmd = train_cmd(data, out, '--epochs', 2, '-b', 8, '--warmup-epochs', 0)
+    r = run([_script('t2t-train')] + cmd[3:])
+    assert r.returncode == 0, r.stdout[-1000:] + r.stderr[-2000:]
+    ck = torch.load(out / 'model_best.pth.tar', weights_only=False)
+    r = run([_script('t2t-eval'), '--checkpoint', str(out / 'model_best.pth.tar'), '--data', str(data), '--workers', '0', '--json'])
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res['img_size'] == 16 and res['images'] == 8 and res['weights'] == 'state_dict_ema'
+    assert abs(res['top1'] - ck['metric']) < 1e-9, (res['top1'], ck['metric'])
