@@ -8,6 +8,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import matplotlib.pyplot as plt
 from einops import rearrange
 from .soft_split import split_size
 from .t2t_layer import tokens_to_image

@@ -31,3 +31,19 @@ def test_every_notebook_keeps_its_kernelspec_and_is_in_the_toc():
         meta = json.load(open(nb))['metadata']
         assert meta.get('kernelspec', {}).get('name') == 'python3', nb.name
         assert f'nbs/{nb.stem}' in toc, f'{nb.name} is missing from _toc.yml'
+
+
+def test_visualize_helpers_work_from_the_package_and_leave_matplotlib_settings_alone():
+    import matplotlib
+    before = dict(matplotlib.rcParams)
+    import t2t_vit_lite as T
+    from t2t_vit_lite import visualize as V
+    from t2t_vit_lite.soft_split import sample_image, T2T_SCHEDULE
+    assert dict(matplotlib.rcParams) == before
+    m, img = T.create_model('t2t_vit_7'), sample_image(224)
+    feats = V.collect_features(m, img)
+    fig = V.plot_feature_maps(feats['attention1'])
+    assert fig.axes and fig.axes[0].images[0].get_array().shape == (4 * 58, 4 * 58)   # 16 padded 56x56 maps
+    fig = V.plot_attention(img, V.cls_attention_grid(V.attention_maps(m, img))[0])
+    assert len(fig.axes[0].images) == 2
+    assert V.plot_token_grid(img, T2T_SCHEDULE).axes[0].get_title().startswith('14 x 14 tokens')
