@@ -45,7 +45,7 @@ def plot_feature_maps(fmap:torch.Tensor, # (B, C, h, w) features of one stage
                      '(r c) h w -> (r h) (c w)', r=rows, c=cols) if fmap.shape[1] >= n else fmap[0, 0]
     fig = ax.figure if ax is not None else plt.figure(figsize=(3, 3))
     ax = ax or fig.add_subplot()
-    ax.imshow(grid, cmap='viridis'); ax.axis('off')
+    ax.imshow(grid.numpy(), cmap='viridis'); ax.axis('off')
     ax.set_title(title or f'{n} channels of {tuple(fmap.shape)}', fontsize=8)
     return fig
 
@@ -72,7 +72,7 @@ def plot_attention(img:torch.Tensor, grid:torch.Tensor, ax=None, title:str=None)
     ax = ax or fig.add_subplot()
     H = img.shape[-1]
     up = F.interpolate(grid[None, None], size=(H, H), mode='bilinear', align_corners=False)[0, 0]
-    ax.imshow(rearrange(img[0], 'c h w -> h w c')); ax.imshow(up, cmap='inferno', alpha=.55); ax.axis('off')
+    ax.imshow(rearrange(img[0], 'c h w -> h w c').numpy()); ax.imshow(up.numpy(), cmap='inferno', alpha=.55); ax.axis('off')
     ax.set_title(title or f'class-token attention {tuple(grid.shape)}', fontsize=8)
     return fig
 
@@ -91,7 +91,7 @@ def plot_token_grid(img:torch.Tensor, schedule, token:tuple=(6, 7), ax=None):
     step = H / side
     fig = ax.figure if ax is not None else plt.figure(figsize=(3.4, 3.4))
     ax = ax or fig.add_subplot()
-    ax.imshow(rearrange(img[0], 'c h w -> h w c'))
+    ax.imshow(rearrange(img[0], 'c h w -> h w c').numpy())
     for v in range(side + 1): ax.axhline(v * step - .5, color='w', lw=.4); ax.axvline(v * step - .5, color='w', lw=.4)
     (r0, r1), (c0, c1) = receptive_field(schedule, token[0]), receptive_field(schedule, token[1])
     ax.add_patch(mpatches.Rectangle((c0 - .5, r0 - .5), c1 - c0 + 1, r1 - r0 + 1, fill=False, ec='yellow', lw=2, label=f'receptive field {r1 - r0 + 1} px'))
