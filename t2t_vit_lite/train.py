@@ -173,6 +173,7 @@ def train_one_epoch(model, ema, loader, optimizer, loss_fn, mixup, scaler, devic
                 continue
             bad_in_row = 0
             (scaler.scale(loss / args.accum_steps) if scaler else loss / args.accum_steps).backward()
+        n_seen += len(x); loss_sum += loss.item() * len(x)
         if not last_micro: continue
         if scaler: scaler.unscale_(optimizer)
         if args.clip_grad: torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
@@ -181,7 +182,6 @@ def train_one_epoch(model, ema, loader, optimizer, loss_fn, mixup, scaler, devic
         optimizer.zero_grad(set_to_none=True)
         step += 1
         if ema is not None: ema.update(unwrap(model), step=step)
-        n_seen += len(x); loss_sum += loss.item() * len(x)
         if progress: bar.set_postfix(loss=f'{loss.item():.3f}', lr=f'{optimizer.param_groups[0]["lr"]:.2e}',
                                      img_s=f'{n_seen * args.world_size / (time.perf_counter() - t0):.0f}')
     stats = torch.tensor([loss_sum, n_seen, skipped, n_bad], dtype=torch.float64, device=device)

@@ -22,4 +22,4 @@ def test_chapter_page_shows_its_figures(nb):
     assert len(images) >= len(figure_cells(nb)) >= 1, f'{nb.stem}: {len(images)} images for {len(figure_cells(nb))} figure cells'
     for img in images:
         f = HTML / '_images' / img
-        assert f.exists() and f.stat().st_mtime >= page.stat().st_mtime - 3600, f'{img} is missing or stale'
+        assert f.exists() and f.stat().st_size > 1000, f'{img} is missing or empty'
