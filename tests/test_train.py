@@ -153,6 +153,7 @@ def test_console_scripts_train_then_evaluate_agree(data, tmp_path):
     import json
     out = tmp_path / 'run'
     cmd = train_cmd(data, out, '--epochs', 2, '-b', 8, '--warmup-epochs', 0)
+    assert run([_script('t2t-bench'), '--help']).returncode == 0
     r = run([_script('t2t-train')] + cmd[3:])
     assert r.returncode == 0, r.stdout[-1000:] + r.stderr[-2000:]
     ck = torch.load(out / 'model_best.pth.tar', weights_only=False)
