@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_train.ipynb #001f5069
 from __future__ import annotations
-import argparse, csv, json, math, os, random, signal, sys, time, warnings
+import argparse, csv, json, os, random, sys, time
 from contextlib import nullcontext
 from pathlib import Path
 import numpy as np
@@ -13,8 +13,6 @@ import torch.nn as nn
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
-import timm
-from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy, LabelSmoothingCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
