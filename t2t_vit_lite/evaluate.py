@@ -83,11 +83,6 @@ def _model_from_checkpoint(args):
     if head is not None: kw['num_classes'] = head.shape[0]     # the head the weights were trained with
     return name, kw
 
-def _dist_env():
-    if int(os.environ.get('WORLD_SIZE', '1')) > 1 and not dist.is_initialized():
-        dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
 def run(argv=None) -> dict:
     "Evaluate as the command line says; returns the result dict (what `t2t-eval --json` prints)."
     args = get_parser().parse_args(argv)
@@ -96,8 +91,8 @@ def run(argv=None) -> dict:
         if not root.is_dir(): raise DataError(f'data folder {root} does not exist')
         val_dir = split_dirs(root, need_train=False)[1] if any((root / n).is_dir() for n in ('val', 'validation')) else check_class_folder(root, 'data')
         name, kw = _model_from_checkpoint(args)
-        rank, world = _dist_env()
-        device = torch.device(f'cuda:{int(os.environ.get("LOCAL_RANK", 0))}' if args.device == 'cuda' else 'cpu')
+        from t2t_vit_lite.train import setup_distributed            # the same process-group set-up as training
+        rank, world, _, device = setup_distributed(args.device)
         ds = SafeImageFolder(val_dir)
         model = create_model(name, **kw)
         if len(ds.classes) != model.num_classes:
