@@ -11,32 +11,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import Mlp, DropPath, trunc_normal_
 from torch.utils.flop_counter import FlopCounterMode
-from .t2t_module import T2TModule
+from .t2t_layer import Attention
+from .t2t_module import make_stem
 
 # %% auto #0
-__all__ = ['Attention', 'Block', 'get_sinusoid_encoding', 'T2TViT', 'count_params', 'count_macs']
-
-# %% ../nbs/05_backbone.ipynb #20e59272
-class Attention(nn.Module):
-    "Multi-head self-attention with timm's keys (`qkv`, `proj`) and fused SDPA: (B, L, D) -> (B, L, D)."
-    def __init__(self, dim:int,             # token width D
-                 num_heads:int=8,            # heads h; D must divide by h
-                 qkv_bias:bool=False,        # bias in the qkv projection
-                 qk_scale:float=None,        # override of the scale (D // h) ** -0.5
-                 attn_drop:float=0., proj_drop:float=0.):
-        super().__init__()
-        if dim % num_heads: raise ValueError(f'embed_dim={dim} must be divisible by num_heads={num_heads}; '
-                                             f'valid num_heads: {[h for h in range(1, dim + 1) if dim % h == 0 and h <= 64]}')
-        self.num_heads, self.attn_drop = num_heads, attn_drop
-        self.scale = qk_scale or (dim // num_heads) ** -0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x):  # (B, L, D)
-        q, k, v = rearrange(self.qkv(x), 'b l (three h d) -> three b h l d', three=3, h=self.num_heads)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0., scale=self.scale)
-        return self.proj_drop(self.proj(rearrange(x, 'b h l d -> b l (h d)')))  # (B, L, D)
+__all__ = ['Block', 'get_sinusoid_encoding', 'is_tracing', 'T2TViT', 'count_params', 'count_macs']
 
 # %% ../nbs/05_backbone.ipynb #8ff9e511
 class Block(nn.Module):
@@ -44,14 +23,15 @@ class Block(nn.Module):
     def __init__(self, dim:int, num_heads:int,
                  mlp_ratio:float=4.,          # MLP hidden width / dim
                  qkv_bias:bool=False, qk_scale:float=None,
-                 drop:float=0., attn_drop:float=0.,
+                 proj_drop:float=0.,          # dropout after the attention's proj and in the MLP
+                 attn_drop:float=0.,          # dropout on the attention weights
                  drop_path:float=0.):         # stochastic depth rate of this block
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-5)
-        self.attn = Attention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=proj_drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-5)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
 
     def forward(self, x):  # (B, L, D)
         x = x + self.drop_path(self.attn(self.norm1(x)))
@@ -67,6 +47,12 @@ def get_sinusoid_encoding(n_position:int, # rows: number of tokens, class token 
     angle = pos / torch.pow(10000., 2 * torch.div(j, 2, rounding_mode='floor') / d_hid)   # (n, D), float64
     table = torch.where(j % 2 == 0, torch.sin(angle), torch.cos(angle))
     return table.float()[None]   # (1, n, D)
+
+# %% ../nbs/05_backbone.ipynb #d2c8e1f0
+def is_tracing() -> bool:
+    "True while torch.jit, torch.compile/torch.export or torch.fx records the forward pass (input checks are skipped)."
+    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+            or torch.fx._symbolic_trace.is_fx_symbolic_tracing())
 
 # %% ../nbs/05_backbone.ipynb #ae45dcc1
 class T2TViT(nn.Module):
@@ -84,13 +70,13 @@ class T2TViT(nn.Module):
         if embed_dim % num_heads: raise ValueError(f'embed_dim={embed_dim} must be divisible by num_heads={num_heads}')
         self.num_classes, self.in_chans = num_classes, in_chans
         self.num_features = self.embed_dim = embed_dim
-        self.tokens_to_token = T2TModule(img_size, tokens_type, in_chans, embed_dim, token_dim, schedule, kernel_ratio)
+        self.tokens_to_token = make_stem(tokens_type, img_size, in_chans, embed_dim, token_dim, schedule, kernel_ratio)
         self.img_size, num_patches = self.tokens_to_token.img_size, self.tokens_to_token.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(get_sinusoid_encoding(num_patches + 1, embed_dim), requires_grad=False)
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
-        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[i]) for i in range(depth)])
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, proj_drop=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[i]) for i in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-5)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         trunc_normal_(self.cls_token, std=.02)
@@ -121,7 +107,7 @@ class T2TViT(nn.Module):
                              f'or create the model for this size: create_model(name, img_size={x.shape[-1]})')
 
     def forward_features(self, x):  # (B, C, H, W) -> (B, L+1, D)
-        self.check_input(x)
+        if not is_tracing(): self.check_input(x)                                 # eager only: shapes, not values
         x = self.tokens_to_token(x)                                               # (B, L, D)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)      # (B, L+1, D)
         x = self.pos_drop(x + self.pos_embed)

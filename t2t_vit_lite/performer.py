@@ -30,22 +30,21 @@ def performer_attention(q, k, v, w, eps:float=1e-8):
 
 # %% ../nbs/03_performer.ipynb #b6879381
 class TokenPerformer(nn.Module):
-    "The official T2T Performer layer: FAVOR+ attention from `dim` to `emb`, skip from v, then an MLP."
+    "The official T2T Performer layer: FAVOR+ attention from `dim` to `out_dim`, skip from v, then an MLP."
     def __init__(self, dim:int,              # input token width (C*k*k of the soft split)
-                 in_dim:int,                  # output width (token_dim), the attention's emb
-                 head_cnt:int=1,              # the official layer uses one head
-                 kernel_ratio:float=0.5,      # m = int(emb * kernel_ratio) random features
-                 dp1:float=0.1,               # dropout after proj
-                 dp2:float=0.1):              # dropout at the end of the MLP
+                 out_dim:int,                 # output width (token_dim), the attention's emb
+                 num_heads:int=1,             # the official layer uses one head (its head_cnt)
+                 kernel_ratio:float=0.5,      # m = int(out_dim * kernel_ratio) random features
+                 proj_drop:float=0.1):        # dropout after proj and at the end of the MLP (official dp1, dp2)
         super().__init__()
-        assert head_cnt == 1, 'the T2T Performer is single-head (head_cnt=1)'
+        assert num_heads == 1, f'the T2T Performer is single-head (num_heads=1), got num_heads={num_heads}'
         assert kernel_ratio > 0, f'kernel_ratio must be > 0, got {kernel_ratio}'
-        self.emb, self.head_cnt, self.epsilon = in_dim * head_cnt, head_cnt, 1e-8
+        self.emb, self.num_heads, self.epsilon = out_dim, num_heads, 1e-8
         self.kqv = nn.Linear(dim, 3 * self.emb)
-        self.dp = nn.Dropout(dp1)
+        self.dp = nn.Dropout(proj_drop)
         self.proj = nn.Linear(self.emb, self.emb)
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(self.emb)
-        self.mlp = nn.Sequential(nn.Linear(self.emb, self.emb), nn.GELU(), nn.Linear(self.emb, self.emb), nn.Dropout(dp2))
+        self.mlp = nn.Sequential(nn.Linear(self.emb, self.emb), nn.GELU(), nn.Linear(self.emb, self.emb), nn.Dropout(proj_drop))
         self.m = int(self.emb * kernel_ratio)
         self.register_buffer('w', nn.init.orthogonal_(torch.empty(self.m, self.emb)) * math.sqrt(self.m))  # (m, emb)
 
@@ -55,6 +54,6 @@ class TokenPerformer(nn.Module):
             y = performer_attention(q, k, v, self.w, self.epsilon).to(v.dtype)   # float32 inside
         return v + self.dp(self.proj(y))
 
-    def forward(self, x):  # (B, L, dim) -> (B, L, emb)
+    def forward(self, x):  # (B, L, dim) -> (B, L, out_dim)
         x = self.single_attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))

@@ -12,7 +12,7 @@ from einops import rearrange
 from timm.layers import Mlp, DropPath
 
 # %% auto #0
-__all__ = ['tokens_to_image', 'image_to_tokens', 'TokenAttention', 'TokenTransformer']
+__all__ = ['tokens_to_image', 'image_to_tokens', 'Attention', 'TokenTransformer']
 
 # %% ../nbs/02_t2t_layer.ipynb #892e9c0e
 def tokens_to_image(x:torch.Tensor, # tokens (B, L, C) of a square h x w grid
@@ -28,44 +28,57 @@ def image_to_tokens(x:torch.Tensor, # image (B, C, H, W)
     return rearrange(x, 'b c h w -> b (h w) c')  # (B, L, C)
 
 # %% ../nbs/02_t2t_layer.ipynb #a4b9862c
-class TokenAttention(nn.Module):
-    "Attention of the T2T layer: qkv from `dim` to `in_dim`, scale `dim**-0.5`, skip connection from v."
-    def __init__(self, dim:int,          # input token width (C*k*k of the soft split)
-                 in_dim:int,              # output width (token_dim)
-                 num_heads:int=1,         # the official layer uses one head
-                 qkv_bias:bool=False,     # bias in the qkv projection
-                 qk_scale:float=None,     # override of the scale (dim // num_heads) ** -0.5
-                 attn_drop:float=0., proj_drop:float=0.):
+class Attention(nn.Module):
+    "Multi-head self-attention with fused SDPA and keys `qkv`, `proj`: (B, L, dim) -> (B, L, out_dim)."
+    def __init__(self, dim:int,            # input token width
+                 num_heads:int=8,           # heads h; out_dim must divide by h
+                 out_dim:int=None,          # width of q, k, v and of the output; `dim` when None (ViT)
+                 qkv_bias:bool=False,       # bias in the qkv projection
+                 qk_scale:float=None,       # override of the scale (dim // num_heads) ** -0.5, from the *input* width
+                 attn_drop:float=0.,        # dropout on the attention weights
+                 proj_drop:float=0.,        # dropout after proj
+                 v_skip:bool=False):        # return v + attention: the T2T layer's skip connection
         super().__init__()
-        assert in_dim % num_heads == 0, f'in_dim={in_dim} must divide by num_heads={num_heads}'
-        self.num_heads, self.in_dim, self.attn_drop = num_heads, in_dim, attn_drop
+        out_dim = out_dim or dim
+        if out_dim % num_heads: raise ValueError(f'width {out_dim} must be divisible by num_heads={num_heads}; '
+                                                 f'valid num_heads: {[h for h in range(1, out_dim + 1) if out_dim % h == 0 and h <= 64]}')
+        self.num_heads, self.out_dim, self.attn_drop, self.v_skip = num_heads, out_dim, attn_drop, v_skip
         self.scale = qk_scale or (dim // num_heads) ** -0.5
-        self.qkv = nn.Linear(dim, in_dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(in_dim, in_dim)
+        self.qkv = nn.Linear(dim, out_dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(out_dim, out_dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x):  # x: (B, L, dim)
-        q, k, v = rearrange(self.qkv(x), 'b l (three h d) -> three b h l d', three=3, h=self.num_heads)
+    def split_heads(self, x):  # (B, L, dim) -> q, k, v, each (B, h, L, out_dim/h)
+        return rearrange(self.qkv(x), 'b l (three h d) -> three b h l d', three=3, h=self.num_heads).unbind(0)
+
+    def attention_weights(self, x):
+        "The softmax attention weights (B, h, L, L), written out (for figures; `forward` never stores them)."
+        q, k, _ = self.split_heads(x)
+        return ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)   # (B, h, L, L)
+
+    def forward(self, x):  # (B, L, dim) -> (B, L, out_dim)
+        q, k, v = self.split_heads(x)
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0., scale=self.scale)
-        y = rearrange(y, 'b h l d -> b l (h d)')                    # (B, L, in_dim)
-        return rearrange(v, 'b h l d -> b l (h d)') + self.proj_drop(self.proj(y))
+        y = self.proj_drop(self.proj(rearrange(y, 'b h l d -> b l (h d)')))   # (B, L, out_dim)
+        return rearrange(v, 'b h l d -> b l (h d)') + y if self.v_skip else y
 
 # %% ../nbs/02_t2t_layer.ipynb #22967ec0
 class TokenTransformer(nn.Module):
     "The official T2T transformer layer: `x = attn(norm1(x))` (skip from v), then `x + mlp(norm2(x))`."
     def __init__(self, dim:int,          # input token width (C*k*k)
-                 in_dim:int,              # output token width (token_dim)
-                 num_heads:int=1,         # heads of the attention
-                 mlp_ratio:float=1.,      # hidden width of the MLP / in_dim
+                 out_dim:int,             # output token width (token_dim)
+                 num_heads:int=1,         # heads of the attention (the official layer uses one)
+                 mlp_ratio:float=1.,      # hidden width of the MLP / out_dim
                  qkv_bias:bool=False, qk_scale:float=None,
-                 drop:float=0., attn_drop:float=0., drop_path:float=0.):
+                 proj_drop:float=0.,      # dropout after the attention's proj and in the MLP
+                 attn_drop:float=0., drop_path:float=0.):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = TokenAttention(dim, in_dim, num_heads, qkv_bias, qk_scale, attn_drop, drop)
+        self.attn = Attention(dim, num_heads, out_dim, qkv_bias, qk_scale, attn_drop, proj_drop, v_skip=True)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(in_dim)
-        self.mlp = Mlp(in_dim, int(in_dim * mlp_ratio), in_dim, act_layer=nn.GELU, drop=drop)
+        self.norm2 = nn.LayerNorm(out_dim)
+        self.mlp = Mlp(out_dim, int(out_dim * mlp_ratio), out_dim, act_layer=nn.GELU, drop=proj_drop)
 
-    def forward(self, x):  # (B, L, dim) -> (B, L, in_dim)
+    def forward(self, x):  # (B, L, dim) -> (B, L, out_dim)
         x = self.attn(self.norm1(x))
         return x + self.drop_path(self.mlp(self.norm2(x)))

@@ -4,6 +4,7 @@
 
 # %% ../nbs/04_t2t_module.ipynb #96ee8c62
 from __future__ import annotations
+from functools import partial
 import torch
 import torch.nn as nn
 from einops import rearrange
@@ -12,7 +13,7 @@ from .t2t_layer import TokenTransformer, tokens_to_image, image_to_tokens
 from .performer import TokenPerformer
 
 # %% auto #0
-__all__ = ['TOKENS_TYPES', 'PATCH_SCHEDULE', 'T2TModule']
+__all__ = ['TOKENS_TYPES', 'PATCH_SCHEDULE', 'Stem', 'T2TModule', 'ConvStem', 'PatchStem', 'make_stem']
 
 # %% ../nbs/04_t2t_module.ipynb #4f29d797
 TOKENS_TYPES = ('performer', 'transformer', 'convolution', 'patch')
@@ -28,56 +29,71 @@ def _grid_sides(img_size, schedule):
         sides.append(side)
     return sides
 
-# %% ../nbs/04_t2t_module.ipynb #0a54e16c
-class T2TModule(nn.Module):
-    "Tokens-to-Token module: image (B, C, H, W) -> tokens (B, L, embed_dim) by soft splits and T2T layers."
-    def __init__(self, img_size:int=224,            # side of the square input image
-                 tokens_type:str='performer',         # one of TOKENS_TYPES
-                 in_chans:int=3,                      # image channels
-                 embed_dim:int=768,                   # width of the output tokens
-                 token_dim:int=64,                    # width of the tokens between T2T layers
-                 schedule:tuple=None,                 # (k, s, p) per split; the paper's T2T_SCHEDULE by default
-                 kernel_ratio:float=0.5):             # Performer features m = token_dim * kernel_ratio
+class Stem(nn.Module):
+    "Geometry shared by the stems: a square `img_size`, a checked `schedule`, the final `grid` side and `num_patches`."
+    default_schedule = T2T_SCHEDULE   # the paper's three soft splits; PatchStem has one split
+    def __init__(self, img_size:int, schedule:tuple=None):
         super().__init__()
         if isinstance(img_size, (tuple, list)):
             if len(img_size) != 2 or img_size[0] != img_size[1]:
                 raise ValueError(f'T2T-ViT needs a square image, got img_size={tuple(img_size)}; pass one int, e.g. img_size={max(img_size)}')
             img_size = img_size[0]
-        if tokens_type not in TOKENS_TYPES:
-            raise ValueError(f'unknown tokens_type {tokens_type!r}; choose one of {TOKENS_TYPES}')
-        schedule = tuple(tuple(s) for s in (schedule or (PATCH_SCHEDULE if tokens_type == 'patch' else T2T_SCHEDULE)))
-        n = 1 if tokens_type == 'patch' else 3
+        schedule, n = tuple(tuple(s) for s in (schedule or self.default_schedule)), len(self.default_schedule)
         if len(schedule) != n or any(len(s) != 3 for s in schedule):
-            raise ValueError(f"tokens_type={tokens_type!r} needs a schedule of {n} (kernel, stride, padding) triples, got {schedule}")
-        self.img_size, self.tokens_type, self.schedule = img_size, tokens_type, schedule
-        self.grid = _grid_sides(img_size, schedule)[-1]
+            raise ValueError(f'{type(self).__name__} needs a schedule of {n} (kernel, stride, padding) triples, got {schedule}')
+        self.img_size, self.schedule = img_size, schedule
+        self.sides = _grid_sides(img_size, schedule)   # grid side after each split
+        self.grid = self.sides[-1]
         self.num_patches = self.grid ** 2
-        (k0, s0, p0), *rest = schedule
-        if tokens_type == 'patch':
-            self.project = nn.Conv2d(in_chans, embed_dim, k0, s0, p0)
-        elif tokens_type == 'convolution':
-            (k1, s1, p1), (k2, s2, p2) = rest
-            self.soft_split0 = nn.Conv2d(in_chans, token_dim, k0, s0, p0)
-            self.soft_split1 = nn.Conv2d(token_dim, token_dim, k1, s1, p1)
-            self.project = nn.Conv2d(token_dim, embed_dim, k2, s2, p2)
-        else:
-            (k1, s1, p1), (k2, s2, p2) = rest
-            self.soft_split0, self.soft_split1, self.soft_split2 = SoftSplit(k0, s0, p0), SoftSplit(k1, s1, p1), SoftSplit(k2, s2, p2)
-            if tokens_type == 'transformer':
-                self.attention1 = TokenTransformer(dim=in_chans * k0 * k0, in_dim=token_dim, num_heads=1, mlp_ratio=1.)
-                self.attention2 = TokenTransformer(dim=token_dim * k1 * k1, in_dim=token_dim, num_heads=1, mlp_ratio=1.)
-            else:
-                self.attention1 = TokenPerformer(dim=in_chans * k0 * k0, in_dim=token_dim, kernel_ratio=kernel_ratio)
-                self.attention2 = TokenPerformer(dim=token_dim * k1 * k1, in_dim=token_dim, kernel_ratio=kernel_ratio)
-            self.project = nn.Linear(token_dim * k2 * k2, embed_dim)
+
+# %% ../nbs/04_t2t_module.ipynb #0a54e16c
+class T2TModule(Stem):
+    "Tokens-to-Token module: image (B, C, H, W) -> tokens (B, L, embed_dim) by soft splits and T2T layers."
+    def __init__(self, img_size:int=224,            # side of the square input image
+                 in_chans:int=3,                      # image channels
+                 embed_dim:int=768,                   # width of the output tokens
+                 token_dim:int=64,                    # width of the tokens between T2T layers
+                 schedule:tuple=None,                 # (k, s, p) per split; the paper's T2T_SCHEDULE by default
+                 layer=TokenPerformer):               # T2T layer class, called layer(dim, out_dim)
+        super().__init__(img_size, schedule)
+        (k0, _, _), (k1, _, _), (k2, _, _) = self.schedule
+        self.soft_split0, self.soft_split1, self.soft_split2 = (SoftSplit(*s) for s in self.schedule)
+        self.attention1 = layer(in_chans * k0 * k0, token_dim)
+        self.attention2 = layer(token_dim * k1 * k1, token_dim)
+        self.project = nn.Linear(token_dim * k2 * k2, embed_dim)
 
     def forward(self, x):  # (B, C, H, W) -> (B, L, embed_dim)
-        if self.tokens_type == 'patch':
-            return image_to_tokens(self.project(x))
-        if self.tokens_type == 'convolution':
-            return image_to_tokens(self.project(self.soft_split1(self.soft_split0(x))))
         x = self.attention1(self.soft_split0(x))            # (B, L0, token_dim)
         x = self.soft_split1(tokens_to_image(x))            # (B, L1, token_dim*k1*k1)
         x = self.attention2(x)                              # (B, L1, token_dim)
         x = self.soft_split2(tokens_to_image(x))            # (B, L2, token_dim*k2*k2)
         return self.project(x)                              # (B, L2, embed_dim)
+
+class ConvStem(Stem):
+    "The paper's T2T-ViT_c ablation: three convolutions with the soft splits' (k, s, p), (B, C, H, W) -> (B, L, embed_dim)."
+    def __init__(self, img_size:int=224, in_chans:int=3, embed_dim:int=768, token_dim:int=64, schedule:tuple=None):
+        super().__init__(img_size, schedule)
+        (k0, s0, p0), (k1, s1, p1), (k2, s2, p2) = self.schedule
+        self.soft_split0 = nn.Conv2d(in_chans, token_dim, k0, s0, p0)
+        self.soft_split1 = nn.Conv2d(token_dim, token_dim, k1, s1, p1)
+        self.project = nn.Conv2d(token_dim, embed_dim, k2, s2, p2)
+
+    def forward(self, x): return image_to_tokens(self.project(self.soft_split1(self.soft_split0(x))))  # (B, L, embed_dim)
+
+class PatchStem(Stem):
+    "ViT's hard split, one convolution: (B, C, H, W) -> (B, L, embed_dim); the paper's no-T2T ablation."
+    default_schedule = PATCH_SCHEDULE
+    def __init__(self, img_size:int=224, in_chans:int=3, embed_dim:int=768, token_dim:int=64, schedule:tuple=None):
+        super().__init__(img_size, schedule)
+        self.project = nn.Conv2d(in_chans, embed_dim, *self.schedule[0])   # token_dim unused: one split, no T2T layer
+
+    def forward(self, x): return image_to_tokens(self.project(x))  # (B, L, embed_dim)
+
+def make_stem(tokens_type:str='performer',  # one of TOKENS_TYPES
+              img_size:int=224, in_chans:int=3, embed_dim:int=768, token_dim:int=64, schedule:tuple=None,
+              kernel_ratio:float=0.5) -> Stem:  # Performer features m = token_dim * kernel_ratio
+    "The stem for the official `tokens_type` string, chosen once: T2TModule with a Performer or Transformer layer, ConvStem or PatchStem."
+    stems = {'performer': partial(T2TModule, layer=partial(TokenPerformer, kernel_ratio=kernel_ratio)),
+             'transformer': partial(T2TModule, layer=TokenTransformer), 'convolution': ConvStem, 'patch': PatchStem}
+    if tokens_type not in stems: raise ValueError(f'unknown tokens_type {tokens_type!r}; choose one of {TOKENS_TYPES}')
+    return stems[tokens_type](img_size, in_chans, embed_dim, token_dim, schedule)

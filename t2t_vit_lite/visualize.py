@@ -57,9 +57,7 @@ def attention_maps(model:nn.Module, x:torch.Tensor, block:int=-1) -> torch.Tenso
     try:
         with torch.no_grad(): model.eval()(x)
     finally: h.remove()
-    attn = blk.attn
-    q, k, _ = rearrange(attn.qkv(store['x']), 'b l (three h d) -> three b h l d', three=3, h=attn.num_heads)
-    return ((q @ k.transpose(-2, -1)) * attn.scale).softmax(-1).detach()   # (B, heads, L+1, L+1)
+    with torch.no_grad(): return blk.attn.attention_weights(store['x'])      # (B, heads, L+1, L+1)
 
 def cls_attention_grid(attn:torch.Tensor) -> torch.Tensor:
     "Class-token attention to the patch tokens, averaged over heads, on the grid: (B, h, w)."
