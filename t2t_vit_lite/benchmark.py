@@ -4,17 +4,21 @@
 
 # %% ../nbs/13_benchmarks.ipynb #5af18ac6
 from __future__ import annotations
-import argparse, json, sys, time, weakref
+import argparse, contextlib, datetime, importlib, io, json, pathlib, platform, sys, time, types, weakref
 from contextlib import nullcontext
 import torch
+import torch.nn as nn
 import timm
+import timm.layers
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from .models import create_model, VARIANTS
+from .backbone import count_macs
 from .evaluate import autocast_for
 
 # %% auto #0
-__all__ = ['PeakMemory', 'peak_memory', 'build', 'compare', 'format_rows', 'get_parser', 'main']
+__all__ = ['PeakMemory', 'peak_memory', 'build', 'resolve_amp', 'compare', 'format_rows', 'load_official', 'official_twin',
+           'get_parser', 'main']
 
 # %% ../nbs/13_benchmarks.ipynb #f5a494a8
 class PeakMemory(TorchDispatchMode):
@@ -51,14 +55,21 @@ def build(name:str, img_size:int=224):
     if name.startswith('timm:'): return timm.create_model(name[5:], pretrained=False, num_classes=1000)
     return create_model(name, img_size=img_size)
 
+def resolve_amp(amp:str, device) -> str:
+    "`auto` -> 'bf16' on a GPU that supports it, else 'none'; other values unchanged."
+    if amp != 'auto': return amp
+    return 'bf16' if torch.device(device).type == 'cuda' and torch.cuda.is_bf16_supported() else 'none'
+
 def compare(names:list, batch:int=8, img_size:int=224, device='cpu', amp:str='none', compile:bool=False,
-            train:bool=False, repeats:int=5, warmup:int=2) -> list:
-    "Time `names` in one interleaved run; rows with images/s, ms/batch, peak MiB and ratios to the first model."
-    device = torch.device(device)
-    x = torch.randn(batch, 3, img_size, img_size, device=device)
+            train:bool=False, repeats:int=5, warmup:int=2, channels_last:bool=False, extra:dict=None) -> list:
+    "Time `names` (and the models in `extra`, label -> model) in one interleaved run; rows with ratios to the first."
+    device, amp = torch.device(device), resolve_amp(amp, device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch, 3, img_size, img_size, device=device).contiguous(memory_format=fmt)
+    built = {n: build(n, img_size) for n in names} | dict(extra or {})
     models, steps = {}, {}
-    for n in names:
-        m = build(n, img_size).to(device).train(train)
+    for n, m in built.items():
+        m = m.to(device, memory_format=fmt).train(train)
         f = torch.compile(m) if compile else m
         def step(f=f):
             ctx = nullcontext() if train else torch.no_grad()
@@ -68,46 +79,108 @@ def compare(names:list, batch:int=8, img_size:int=224, device='cpu', amp:str='no
             if device.type == 'cuda': torch.cuda.synchronize()
         models[n], steps[n] = m, step
     for _ in range(warmup):
-        for n in names: steps[n]()
-    best = {n: float('inf') for n in names}
+        for n in models: steps[n]()
+    best = {n: float('inf') for n in models}
     for _ in range(repeats):                                   # round-robin: drift hits every model alike
-        for n in names:
+        for n in models:
             t0 = time.perf_counter(); steps[n](); best[n] = min(best[n], time.perf_counter() - t0)
     rows = []
-    for n in names:
-        params = sum(p.numel() for p in models[n].parameters() if p.requires_grad)
+    for n, m in models.items():
+        params = sum(p.numel() for p in m.parameters() if p.requires_grad)
+        gflop = 2 * count_macs(m.float().cpu(), img_size) / 1e9 * (3 if train else 1)   # backward ~ 2x forward
         rows.append(dict(model=n, params_m=params / 1e6, ms=best[n] * 1e3, images_per_s=batch / best[n],
-                         peak_mib=peak_memory(steps[n], device) / 2**20))
+                         gflops_per_s=gflop * batch / best[n], peak_mib=peak_memory(steps[n], device) / 2**20 if not compile else float('nan')))
+        m.to(device)
     for r in rows:
         r['speed_vs_first'] = r['images_per_s'] / rows[0]['images_per_s']
+        r['flop_rate_vs_first'] = r['gflops_per_s'] / rows[0]['gflops_per_s']
         r['memory_vs_first'] = r['peak_mib'] / max(rows[0]['peak_mib'], 1e-9)
     return rows
 
 def format_rows(rows:list) -> str:
     "The rows of `compare` as a fixed-width table."
-    head = f"{'model':<32}{'params M':>9}{'ms/batch':>10}{'img/s':>9}{'peak MiB':>10}{'speed x':>9}{'memory x':>10}"
-    return '\n'.join([head] + [f"{r['model']:<32}{r['params_m']:>9.2f}{r['ms']:>10.1f}{r['images_per_s']:>9.1f}{r['peak_mib']:>10.1f}"
-                               f"{r['speed_vs_first']:>9.2f}{r['memory_vs_first']:>10.2f}" for r in rows])
+    head = f"{'model':<32}{'params M':>9}{'ms/batch':>10}{'img/s':>8}{'GFLOP/s':>9}{'peak MiB':>10}{'speed x':>9}{'FLOP/s x':>9}{'memory x':>10}"
+    return '\n'.join([head] + [f"{r['model']:<32}{r['params_m']:>9.2f}{r['ms']:>10.1f}{r['images_per_s']:>8.1f}{r['gflops_per_s']:>9.1f}"
+                               f"{r['peak_mib']:>10.1f}{r['speed_vs_first']:>9.2f}{r['flop_rate_vs_first']:>9.2f}{r['memory_vs_first']:>10.2f}" for r in rows])
+
+# %% ../nbs/13_benchmarks.ipynb #c5f1e2a3
+@contextlib.contextmanager
+def _old_timm_imports():
+    "While the official code imports: the timm 0.3 module paths it names, with a no-op `register_model`."
+    shims = {'timm.models.layers': vars(timm.layers), 'timm.models.helpers': dict(load_pretrained=None),
+             'timm.models.registry': dict(register_model=lambda fn: fn)}
+    saved = {n: sys.modules.get(n) for n in shims}
+    for n, attrs in shims.items():
+        sys.modules[n] = types.ModuleType(n); sys.modules[n].__dict__.update(attrs)
+    try: yield
+    finally:
+        for n, m in saved.items():
+            if m is None: sys.modules.pop(n, None)
+            else: sys.modules[n] = m
+
+def load_official(root) -> types.ModuleType:
+    "The official `models/t2t_vit.py` of a checkout at `root`, imported as `_t2t_official.t2t_vit` (registers nothing in timm)."
+    models = pathlib.Path(root).expanduser() / 'models'
+    if not (models / 't2t_vit.py').is_file():
+        raise FileNotFoundError(f'{models / "t2t_vit.py"} not found: pass the root of a checkout of https://github.com/yitu-opensource/T2T-ViT')
+    pkg = types.ModuleType('_t2t_official'); pkg.__path__ = [str(models)]    # a namespace: its __init__ (SE, dense, ghost) is not run
+    sys.modules['_t2t_official'] = pkg
+    with _old_timm_imports(), contextlib.redirect_stdout(io.StringIO()): return importlib.import_module('_t2t_official.t2t_vit')
+
+def official_twin(name:str, model:nn.Module, root, atol:float=1e-4) -> nn.Module:
+    "The official model `name` with `model`'s weights, checked to give the same logits (AssertionError otherwise)."
+    with contextlib.redirect_stdout(io.StringIO()): off = getattr(load_official(root), name)(img_size=model.img_size).eval()
+    off.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, model.img_size, model.img_size)
+    with torch.no_grad(): diff = (off(x) - model.eval()(x)).abs().max().item()
+    assert diff <= atol, f'{name}: official and own logits differ by {diff:.2e} > {atol}'
+    return off
 
 # %% ../nbs/13_benchmarks.ipynb #23e2acc1
 def get_parser():
     p = argparse.ArgumentParser('t2t-bench', description='Time T2T-ViT variants and timm models side by side, in one run.')
-    p.add_argument('--models', nargs='+', default=['timm:vit_small_patch16_224', 't2t_vit_14', 't2t_vit_t_14'],
+    p.add_argument('--models', nargs='+', default=['timm:deit_small_patch16_224', 't2t_vit_14', 't2t_vit_t_14'],
                    help=f'T2T-ViT names ({", ".join(VARIANTS)}) or timm:<name>; ratios are to the first')
-    p.add_argument('--batch', type=int, default=8); p.add_argument('--img-size', type=int, default=224)
+    p.add_argument('-b', '--batch-size', type=int, default=8); p.add_argument('--img-size', type=int, default=224)
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', choices=['cpu', 'cuda'])
-    p.add_argument('--amp', default='none', choices=['none', 'bf16', 'fp16']); p.add_argument('--compile', action='store_true')
+    p.add_argument('--amp', default='auto', choices=['auto', 'bf16', 'fp16', 'none'], help='auto: bf16 on GPUs that support it, else none')
+    p.add_argument('--compile', action='store_true'); p.add_argument('--channels-last', action='store_true')
     p.add_argument('--train', action='store_true', help='time forward + backward'); p.add_argument('--repeats', type=int, default=10)
-    p.add_argument('--json', action='store_true')
+    p.add_argument('--official', metavar='DIR', help='root of a checkout of the official repository: add its model of each T2T name')
+    p.add_argument('--threads', type=int, help='torch.set_num_threads on the CPU')
+    p.add_argument('--json', action='store_true'); p.add_argument('--save', metavar='FILE', help='append this run (rows, date, machine) to a JSON file')
     return p
+
+def _fail(msg): print(f't2t-bench: error: {msg}', file=sys.stderr); sys.exit(2)
 
 def main(argv=None):
     "Entry point of `t2t-bench` and `python -m t2t_vit_lite.benchmark`."
     a = get_parser().parse_args(argv)
     unknown = [n for n in a.models if not n.startswith('timm:') and n not in VARIANTS]
-    if unknown: print(f't2t-bench: error: unknown model(s) {unknown}; use {", ".join(VARIANTS)} or timm:<name>', file=sys.stderr); sys.exit(2)
-    rows = compare(a.models, a.batch, a.img_size, a.device, a.amp, a.compile, a.train, a.repeats)
-    print(json.dumps(rows) if a.json else f'{a.device}, batch {a.batch}, {a.img_size} px, amp {a.amp}, compile {a.compile}, '
+    if unknown: _fail(f'unknown model(s) {unknown}; use {", ".join(VARIANTS)} or timm:<name>')
+    if a.batch_size < 1: _fail(f'--batch-size must be >= 1, got {a.batch_size}')
+    if a.threads: torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    extra = {}
+    if a.official:
+        try: load_official(a.official)
+        except FileNotFoundError as e: _fail(e)
+        for n in [n for n in a.models if n in VARIANTS]:
+            extra[n] = create_model(n, img_size=a.img_size)
+            extra[f'official:{n}'] = official_twin(n, extra[n], a.official)
+    names = [n for n in a.models if n not in extra]
+    rows = compare(names, a.batch_size, a.img_size, a.device, a.amp, a.compile, a.train, a.repeats, channels_last=a.channels_last, extra=extra)
+    r = {x['model']: x for x in rows}
+    pairs = {n: dict(speed=r[n]['images_per_s'] / r[f'official:{n}']['images_per_s'], memory=r[n]['peak_mib'] / r[f'official:{n}']['peak_mib'])
+             for n in VARIANTS if f'official:{n}' in r}
+    run = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), machine=f'{platform.processor() or platform.machine()}, '
+               f'{torch.get_num_threads()} threads', torch=torch.__version__, device=a.device, batch_size=a.batch_size, img_size=a.img_size,
+               amp=resolve_amp(a.amp, a.device), compile=a.compile, channels_last=a.channels_last, train=a.train, rows=rows, vs_official=pairs)
+    if a.save:
+        f = pathlib.Path(a.save); runs = json.loads(f.read_text()) if f.exists() else []
+        f.parent.mkdir(parents=True, exist_ok=True); f.write_text(json.dumps(runs + [run], indent=1))
+    print(json.dumps(rows) if a.json else f'{a.device}, batch {a.batch_size}, {a.img_size} px, amp {run["amp"]}, compile {a.compile}, '
           f'{"train" if a.train else "inference"}\n' + format_rows(rows))
+    for n, v in pairs.items(): print(f'{n}: {v["speed"]:.2f}x the official speed, {v["memory"]:.2f}x its peak memory', file=sys.stderr if a.json else sys.stdout)
 
 if __name__ == '__main__' and not hasattr(sys, 'ps1') and 'ipykernel' not in sys.modules: main()

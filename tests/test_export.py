@@ -1,0 +1,35 @@
+"""Export of every variant: torch.export with a dynamic batch equals eager mode, while eager mode keeps its clear
+input errors (chapter 14 holds the ONNX, jit.trace and t2t-export round trips)."""
+import pytest
+import torch
+import t2t_vit_lite as T
+from t2t_vit_lite.export import export_program
+
+
+@pytest.mark.parametrize('name', T.list_models())
+def test_torch_export_dynamic_batch_equals_eager(name):
+    # 64-pixel inputs (grid 4 x 4) keep 13 exports within CI time; chapter 14 exports at 224 px
+    torch.manual_seed(0)
+    m = T.create_model(name, img_size=64).eval()
+    ep = export_program(m)
+    x = torch.randn(3, 3, 64, 64)                      # the example had batch 2: batch 3 comes from the symbolic axis
+    with torch.no_grad(): assert (ep.module()(x) - m(x)).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match='img_size=96'): m(torch.randn(1, 3, 96, 96))        # eager: still the clear error
+    with pytest.raises(Exception): ep.module()(torch.randn(1, 3, 96, 96))                  # exported: its own shape guard
+
+
+def test_eager_input_errors_unchanged_after_export():
+    m = T.create_model('t2t_vit_t_14', img_size=64).eval()
+    export_program(m)
+    with pytest.raises(ValueError, match='in_chans=1'): m(torch.randn(1, 1, 224, 224))
+    with pytest.raises(ValueError, match='3-D tensor'): m(torch.randn(3, 224, 224))
+
+
+def test_jit_trace_equals_eager_for_t2t_transformer():
+    import warnings
+    m = T.create_model('t2t_vit_t_14').eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter('ignore')
+        tr = torch.jit.trace(m, torch.randn(2, 3, 224, 224))
+        x = torch.randn(3, 3, 224, 224)
+        assert (tr(x) - m(x)).abs().max() <= 1e-5
