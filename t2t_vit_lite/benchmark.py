@@ -67,8 +67,9 @@ def compare(names:list, batch:int=8, img_size:int=224, device='cpu', amp:str='no
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(batch, 3, img_size, img_size, device=device).contiguous(memory_format=fmt)
     built = {n: build(n, img_size) for n in names} | dict(extra or {})
-    models, steps = {}, {}
+    models, steps, gflop = {}, {}, {}
     for n, m in built.items():
+        gflop[n] = 2 * count_macs(m, img_size) / 1e9 * (3 if train else 1)   # on the CPU, before moving; backward ~ 2x forward
         m = m.to(device, memory_format=fmt).train(train)
         f = torch.compile(m) if compile else m
         def step(f=f):
@@ -87,10 +88,8 @@ def compare(names:list, batch:int=8, img_size:int=224, device='cpu', amp:str='no
     rows = []
     for n, m in models.items():
         params = sum(p.numel() for p in m.parameters() if p.requires_grad)
-        gflop = 2 * count_macs(m.float().cpu(), img_size) / 1e9 * (3 if train else 1)   # backward ~ 2x forward
         rows.append(dict(model=n, params_m=params / 1e6, ms=best[n] * 1e3, images_per_s=batch / best[n],
-                         gflops_per_s=gflop * batch / best[n], peak_mib=peak_memory(steps[n], device) / 2**20 if not compile else float('nan')))
-        m.to(device)
+                         gflops_per_s=gflop[n] * batch / best[n], peak_mib=peak_memory(steps[n], device) / 2**20 if not compile else float('nan')))
     for r in rows:
         r['speed_vs_first'] = r['images_per_s'] / rows[0]['images_per_s']
         r['flop_rate_vs_first'] = r['gflops_per_s'] / rows[0]['gflops_per_s']
