@@ -192,7 +192,7 @@ def test_sigterm_mid_epoch_then_resume_auto_equals_uninterrupted(data, tmp_path,
     real, calls = T.Preemption.requested, [0]
     def requested(self, device):
         calls[0] += 1
-        if calls[0] == 11: os.kill(os.getpid(), signal.SIGTERM)
+        if calls[0] == 12: os.kill(os.getpid(), signal.SIGTERM)   # calls: 8 steps, end of epoch 0, steps 9, 10, 11
         return real(self, device)
     monkeypatch.setattr(T.Preemption, 'requested', requested)
     out = tmp_path / 'stopped'
