@@ -346,3 +346,29 @@ def test_hidden_folders_are_not_classes_and_bad_validation_images_are_named(data
     assert '4 classes' in log and 'skipped unreadable image' in log and 'zz_broken.png in validation' in log
     ck = torch.load(tmp_path / 'out' / 'last.pth.tar', weights_only=False)
     assert ck['class_names'] == ['0', '1', '2', '3'] and ck['model_kwargs']['embed_dim'] == 32
+
+
+def test_sigterm_to_every_torchrun_worker_stops_them_after_the_same_step(data, tmp_path):
+    """SIGTERM to both workers of a 2-process run (as a cluster scheduler sends it): they agree on one step, rank 0
+    saves, every worker exits 75; relaunching with --resume auto ends where an uninterrupted 2-process run ends."""
+    args = ['--epochs', 3, '-b', 4, '--warmup-epochs', 1, '--resume', 'auto', '--no-aug']
+    ref = run(train_cmd(data, tmp_path / 'ref', *args, torchrun=['--nproc_per_node=2', '--master_port=29587']))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / 'term'
+    cmd = train_cmd(data, out, *args, torchrun=['--nproc_per_node=2', '--master_port=29589'])
+    sent = []
+    def term_workers(p):
+        if sent or not (out / 'checkpoint-0.pth.tar').exists(): return
+        workers = _children(p.pid)
+        if len(workers) >= 2:
+            for w in workers: os.kill(w, signal.SIGTERM)
+            sent.extend(workers)
+    rc = run_group(cmd, 240, tmp_path / 'term.log', term_workers)
+    log = (tmp_path / 'term.log').read_text()
+    assert sent and rc not in (0, None), log[-3000:]
+    assert 'exitcode' in log and ': 75' in log, log[-3000:]                  # torchrun reports the workers' exit status
+    assert 'stopped by SIGTERM' in (out / 'log.txt').read_text()
+    rc2 = run_group(cmd, 240, tmp_path / 'relaunch.log')
+    assert rc2 == 0, (tmp_path / 'relaunch.log').read_text()[-3000:]
+    _same_weights(tmp_path / 'ref' / 'last.pth.tar', out / 'last.pth.tar')
+    assert epochs_logged(out) == [0, 1, 2]
