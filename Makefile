@@ -45,9 +45,9 @@ pytest: setup
 
 test: sync-check nbtest book pytest
 
-# the main job's demo: a small T2T-ViT on the embedded digits, on the CPU (a few minutes)
+# the main job's demo: a small T2T-ViT on the embedded digits, on the CPU (a few minutes); again: continues or reports it done
 train: setup
-	$(BIN)/t2t-train --device cpu --output runs/demo
+	$(BIN)/t2t-train --device cpu --output runs/demo --resume auto
 
 clean:
 	rm -rf _build _proc _docs

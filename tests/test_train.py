@@ -162,3 +162,213 @@ def test_console_scripts_train_then_evaluate_agree(data, tmp_path):
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res['img_size'] == 16 and res['images'] == 8 and res['weights'] == 'state_dict_ema'
     assert abs(res['top1'] - ck['metric']) < 1e-9, (res['top1'], ck['metric'])
+    import shutil                                   # a folder with other class names is refused (class names are in the checkpoint)
+    other = tmp_path / 'other'; shutil.copytree(data, other); (other / 'val' / '3').rename(other / 'val' / 'zebra')
+    r = run([_script('t2t-eval'), '--checkpoint', str(out / 'model_best.pth.tar'), '--data', str(other), '--workers', '0'])
+    assert r.returncode == 2 and "3: '3' vs 'zebra'" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+# ---- run safety, preemption, validated resume, clear errors (issue 9) ----
+
+def _in_process(data, out, *extra):
+    "The argv of a tiny run for `t2t_vit_lite.train.run` in this process."
+    return [str(a) for a in train_cmd(data, out, *extra)[3:]]
+
+
+def _same_weights(a, b, keys=('state_dict', 'state_dict_ema')):
+    for key in keys:
+        wa, wb = weights(a, key), weights(b, key)
+        assert wa.keys() == wb.keys()
+        for k in wa: assert torch.equal(wa[k], wb[k]), (key, k)
+
+
+def test_sigterm_mid_epoch_then_resume_auto_equals_uninterrupted(data, tmp_path, monkeypatch):
+    """A real SIGTERM at the end of step 11 (epoch 1, batch 3 of 8), with the paper's augmentation, Mixup/CutMix,
+    drop-path and EMA on: exit 75, a mid-epoch last.pth.tar, and `--resume auto` ends bit for bit where the
+    uninterrupted run ends, with the same metrics.csv rows (timings aside)."""
+    from t2t_vit_lite import train as T
+    args = ['--epochs', 3, '-b', 4, '--warmup-epochs', 1, '--resume', 'auto']
+    T.run(_in_process(data, tmp_path / 'ref', *args))
+    real, calls = T.Preemption.requested, [0]
+    def requested(self, device):
+        calls[0] += 1
+        if calls[0] == 12: os.kill(os.getpid(), signal.SIGTERM)   # calls: 8 steps, end of epoch 0, steps 9, 10, 11
+        return real(self, device)
+    monkeypatch.setattr(T.Preemption, 'requested', requested)
+    out = tmp_path / 'stopped'
+    with pytest.raises(SystemExit) as e: T.run(_in_process(data, out, *args))
+    assert e.value.code == T.EXIT_PREEMPTED == 75
+    ck = torch.load(out / 'last.pth.tar', weights_only=False)
+    assert (ck['epoch'], ck['batch'], ck['step']) == (0, 3, 11) and len(ck['rng']) == 1
+    assert 'stopped by SIGTERM after step 11 (epoch 1, batch 3 of 8)' in (out / 'log.txt').read_text()
+    monkeypatch.setattr(T.Preemption, 'requested', real)
+    T.run(_in_process(data, out, *args))
+    assert f'resumed from {out / "last.pth.tar"} (epoch 0 done, then 3 batches of epoch 1, step 11)' in (out / 'log.txt').read_text()
+    _same_weights(tmp_path / 'ref' / 'last.pth.tar', out / 'last.pth.tar')
+    rows = lambda d: [{k: v for k, v in r.items() if k not in ('images_per_s', 'epoch_time')} for r in csv.DictReader(open(d / 'metrics.csv'))]
+    assert rows(out) == rows(tmp_path / 'ref') and epochs_logged(out) == [0, 1, 2]
+
+
+def test_sigterm_from_outside_exits_75_and_resumes(data, tmp_path):
+    "`kill -TERM` to a training process: it saves and exits 75; the same command with --resume auto finishes it."
+    args = ['--epochs', 3, '-b', 2, '--warmup-epochs', 1, '--resume', 'auto', '--no-aug']
+    ref = run(train_cmd(data, tmp_path / 'ref', *args))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / 'term'
+    p = subprocess.Popen(train_cmd(data, out, *args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out / 'checkpoint-0.pth.tar').exists() and p.poll() is None: time.sleep(0.02)
+    p.send_signal(signal.SIGTERM); p.wait(timeout=120)
+    assert p.returncode == 75, p.stderr.read()[-2000:]
+    assert 'stopped by SIGTERM' in (out / 'log.txt').read_text()
+    res = run(train_cmd(data, out, *args))
+    assert res.returncode == 0, res.stderr[-2000:]
+    _same_weights(tmp_path / 'ref' / 'last.pth.tar', out / 'last.pth.tar')
+    assert epochs_logged(out) == [0, 1, 2]
+
+
+def test_existing_run_folder_is_refused_and_overwrite_moves_it_aside(data, tmp_path):
+    out = tmp_path / 'run'
+    args = ['--epochs', 1, '-b', 8, '--warmup-epochs', 0, '--no-ema']
+    assert run(train_cmd(data, out, *args)).returncode == 0
+    before = (out / 'last.pth.tar').read_bytes()
+    r = run(train_cmd(data, out, *args))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f'{out} already holds a run' in r.stderr and '--resume auto' in r.stderr and '--overwrite' in r.stderr
+    assert (out / 'last.pth.tar').read_bytes() == before and epochs_logged(out) == [0]
+    r = run(train_cmd(data, out, *args, '--overwrite'))
+    assert r.returncode == 0, r.stderr[-2000:]
+    old = [d for d in out.iterdir() if d.name.startswith('old-')]
+    assert len(old) == 1 and (old[0] / 'last.pth.tar').read_bytes() == before and epochs_logged(old[0]) == [0]
+    assert epochs_logged(out) == [0] and (out / 'args.yaml').exists()
+    assert f'--overwrite: the previous run moved into {old[0].name}/' in (out / 'log.txt').read_text()
+
+
+def test_resume_is_validated_and_a_longer_schedule_is_honoured(data, tmp_path):
+    """Resuming with another architecture or another batch is refused with exit 2 and one line; resuming with more
+    --epochs rebuilds the cosine schedule: epochs 2 and 3 get the lr of a 4-epoch run, and resumes.yaml says so."""
+    import yaml
+    out = tmp_path / 'run'
+    assert run(train_cmd(data, out, '--epochs', 2, '-b', 8, '--warmup-epochs', 1, '--no-ema')).returncode == 0
+    cases = [(['--model-kwargs', '{"embed_dim": 64, "depth": 1, "num_heads": 2, "mlp_ratio": 1.0, "token_dim": 8, '
+                                 '"schedule": [[3, 2, 1], [3, 2, 1], [3, 1, 1]]}'], 'the checkpoint is another model: model_kwargs was'),
+             (['-b', 4], 'changing -b/--batch-size (8 -> 4) mid-run is refused'),
+             (['--lr', 1e-2], 'changing --lr (')]
+    for extra, message in cases:
+        r = run(train_cmd(data, out, '--epochs', 4, '-b', 8, '--warmup-epochs', 1, '--no-ema', '--resume', 'auto', *extra))
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = run(train_cmd(data, out, '--epochs', 4, '-b', 8, '--warmup-epochs', 1, '--no-ema', '--resume', 'auto'))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'schedule changed on resume: --epochs 2 -> 4; the cosine schedule is rebuilt from the new values at epoch 2' in (out / 'log.txt').read_text()
+    assert yaml.safe_load(open(out / 'resumes.yaml'))[0]['changed']['epochs'] == dict(old=2, new=4)
+    ref = tmp_path / 'four'
+    assert run(train_cmd(data, ref, '--epochs', 4, '-b', 8, '--warmup-epochs', 1, '--no-ema')).returncode == 0
+    lr = lambda d: [float(r['lr']) for r in csv.DictReader(open(d / 'metrics.csv'))]
+    assert epochs_logged(out) == [0, 1, 2, 3] and lr(out)[2:] == lr(ref)[2:] and lr(out)[2] > lr(ref)[3]
+
+
+def test_resume_auto_skips_a_truncated_checkpoint_and_cleans_temporary_files(data, tmp_path):
+    out = tmp_path / 'run'
+    args = ['-b', 8, '--warmup-epochs', 0, '--no-ema', '--resume', 'auto']
+    assert run(train_cmd(data, out, '--epochs', 2, *args)).returncode == 0
+    assert sorted(p.name for p in out.glob('checkpoint-*')) == ['checkpoint-0.pth.tar', 'checkpoint-1.pth.tar']
+    good = (out / 'last.pth.tar').read_bytes()
+    (out / 'last.pth.tar').unlink(); (out / 'last.pth.tar').write_bytes(good[:len(good) // 2])     # cut short (not the linked file)
+    (out / '.last.pth.tar.k1ll3d.tmp').write_bytes(b'left by a killed write')
+    r = run(train_cmd(data, out, '--epochs', 3, *args))
+    assert r.returncode == 0, r.stderr[-2000:]
+    log = (out / 'log.txt').read_text()
+    assert '--resume auto: skipped last.pth.tar: truncated or corrupt' in log
+    assert f'resumed from {out / "checkpoint-1.pth.tar"} (epoch 1 done' in log
+    assert 'removed .last.pth.tar.k1ll3d.tmp, a temporary file left by an interrupted write' in log
+    assert not list(out.glob('.*.tmp')) and epochs_logged(out) == [0, 1, 2]
+    assert sorted(p.name for p in out.glob('checkpoint-*')) == ['checkpoint-1.pth.tar', 'checkpoint-2.pth.tar']   # --keep-last 2
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(data, tmp_path, monkeypatch, capsys):
+    "torch.save fails half-way with ENOSPC: one line that says so, exit 2, last.pth.tar untouched, no temporary file."
+    import errno
+    from t2t_vit_lite import train as T
+    out = tmp_path / 'run'
+    args = ['-b', 8, '--warmup-epochs', 0, '--no-ema', '--resume', 'auto']
+    T.run(_in_process(data, out, '--epochs', 1, *args))
+    before = (out / 'last.pth.tar').read_bytes()
+    def full(obj, f, *a, **k):
+        f.write(b'half a checkpoint'); raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(torch, 'save', full)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e: T.run(_in_process(data, out, '--epochs', 2, *args))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f't2t-train: error: no space left on device while writing {out}'), err
+    assert 'intact' in err[0]
+    assert (out / 'last.pth.tar').read_bytes() == before and not list(out.glob('.*.tmp'))
+
+
+def _copy(data, dst):
+    import shutil
+    shutil.copytree(data, dst); return dst
+
+
+@pytest.mark.parametrize('case', ['batch_larger_than_data', 'fewer_classes_than_folders', 'num_classes_0', 'empty_class_folder',
+                                  'different_classes', 'img_size_schedule', 'unknown_model_kwarg', 'max_steps_minus_1', 'lr_nan',
+                                  'resume_missing_file'])
+def test_user_errors_exit_2_with_one_line_before_any_work(data, tmp_path, case):
+    d, extra, message = data, [], None
+    if case == 'batch_larger_than_data': extra, message = ['-b', 64], '-b/--batch-size 64 is larger than the training set (32 images'
+    if case == 'fewer_classes_than_folders': extra, message = ['--num-classes', 3], '--num-classes 3 but'
+    if case == 'num_classes_0': extra, message = ['--num-classes', 0], 'a classifier needs at least 1 class'
+    if case == 'empty_class_folder':
+        d = _copy(data, tmp_path / 'd'); (d / 'train' / '4').mkdir(); (d / 'val' / '4').mkdir()
+        message = 'class folders without images: 4'
+    if case == 'different_classes':
+        d = _copy(data, tmp_path / 'd'); (d / 'val' / '3').rename(d / 'val' / 'x')
+        message = 'different class folders: only in train/: 3; only in val/: x'
+    if case == 'img_size_schedule': extra, message = ['--model', 't2t_vit_7', '--model-kwargs', '{}', '--img-size', 2], 'leaves no token'
+    if case == 'unknown_model_kwarg': extra, message = ['--model-kwargs', '{"depht": 2}'], "unknown key 'depht'; valid keys:"
+    if case == 'max_steps_minus_1': extra, message = ['--max-steps-per-epoch', -1], '--max-steps-per-epoch -1: must be at least 1'
+    if case == 'lr_nan': extra, message = ['--lr', 'nan'], '--lr nan: must be a finite number above 0'
+    if case == 'resume_missing_file': extra, message = ['--resume', tmp_path / 'nope.pth.tar'], 'no such checkpoint file'
+    r = run(train_cmd(d, tmp_path / 'out', '--epochs', 1, *(['-b', 8] if '-b' not in extra else []), *extra))
+    assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('t2t-train: error: ') and 'Traceback' not in r.stderr, r.stderr
+    assert not (tmp_path / 'out' / 'last.pth.tar').exists() and not (tmp_path / 'out' / 'metrics.csv').exists()
+
+
+def test_hidden_folders_are_not_classes_and_bad_validation_images_are_named(data, tmp_path):
+    d = _copy(data, tmp_path / 'd')
+    for split in ('train', 'val'): (d / split / '.ipynb_checkpoints').mkdir(); (d / split / '0' / '.DS_Store').write_bytes(b'\0')
+    (d / 'val' / '1' / 'zz_broken.png').write_bytes(b'\x89PNG\r\n not an image')
+    r = run(train_cmd(d, tmp_path / 'out', '--epochs', 1, '-b', 8, '--no-ema', '--warmup-epochs', 0))
+    assert r.returncode == 0, r.stderr[-2000:]
+    log = (tmp_path / 'out' / 'log.txt').read_text()
+    assert '4 classes' in log and 'skipped unreadable image' in log and 'zz_broken.png in validation' in log
+    ck = torch.load(tmp_path / 'out' / 'last.pth.tar', weights_only=False)
+    assert ck['class_names'] == ['0', '1', '2', '3'] and ck['model_kwargs']['embed_dim'] == 32
+
+
+def test_sigterm_to_every_torchrun_worker_stops_them_after_the_same_step(data, tmp_path):
+    """SIGTERM to both workers of a 2-process run (as a cluster scheduler sends it): they agree on one step, rank 0
+    saves, every worker exits 75; relaunching with --resume auto ends where an uninterrupted 2-process run ends."""
+    args = ['--epochs', 3, '-b', 4, '--warmup-epochs', 1, '--resume', 'auto', '--no-aug']
+    ref = run(train_cmd(data, tmp_path / 'ref', *args, torchrun=['--nproc_per_node=2', '--master_port=29587']))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / 'term'
+    cmd = train_cmd(data, out, *args, torchrun=['--nproc_per_node=2', '--master_port=29589'])
+    sent = []
+    def term_workers(p):
+        if sent or not (out / 'checkpoint-0.pth.tar').exists(): return
+        workers = _children(p.pid)
+        if len(workers) >= 2:
+            for w in workers: os.kill(w, signal.SIGTERM)
+            sent.extend(workers)
+    rc = run_group(cmd, 240, tmp_path / 'term.log', term_workers)
+    log = (tmp_path / 'term.log').read_text()
+    assert sent and rc not in (0, None), log[-3000:]
+    assert 'exitcode' in log and ': 75' in log, log[-3000:]                  # torchrun reports the workers' exit status
+    assert 'stopped by SIGTERM' in (out / 'log.txt').read_text()
+    rc2 = run_group(cmd, 240, tmp_path / 'relaunch.log')
+    assert rc2 == 0, (tmp_path / 'relaunch.log').read_text()[-3000:]
+    _same_weights(tmp_path / 'ref' / 'last.pth.tar', out / 'last.pth.tar')
+    assert epochs_logged(out) == [0, 1, 2]
