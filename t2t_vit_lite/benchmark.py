@@ -14,11 +14,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from .models import create_model, VARIANTS
 from .backbone import count_macs
-from .evaluate import autocast_for
+from .runtime import add_amp_argument, resolve_amp, autocast_for
 
 # %% auto #0
-__all__ = ['PeakMemory', 'peak_memory', 'build', 'resolve_amp', 'compare', 'format_rows', 'load_official', 'official_twin',
-           'get_parser', 'main']
+__all__ = ['PeakMemory', 'peak_memory', 'build', 'compare', 'format_rows', 'load_official', 'official_twin', 'get_parser', 'main']
 
 # %% ../nbs/13_benchmarks.ipynb #f5a494a8
 class PeakMemory(TorchDispatchMode):
@@ -55,15 +54,10 @@ def build(name:str, img_size:int=224):
     if name.startswith('timm:'): return timm.create_model(name[5:], pretrained=False, num_classes=1000)
     return create_model(name, img_size=img_size)
 
-def resolve_amp(amp:str, device) -> str:
-    "`auto` -> 'bf16' on a GPU that supports it, else 'none'; other values unchanged."
-    if amp != 'auto': return amp
-    return 'bf16' if torch.device(device).type == 'cuda' and torch.cuda.is_bf16_supported() else 'none'
-
 def compare(names:list, batch:int=8, img_size:int=224, device='cpu', amp:str='none', compile:bool=False,
             train:bool=False, repeats:int=5, warmup:int=2, channels_last:bool=False, extra:dict=None) -> list:
     "Time `names` (and the models in `extra`, label -> model) in one interleaved run; rows with ratios to the first."
-    device, amp = torch.device(device), resolve_amp(amp, device)
+    device, amp = torch.device(device), resolve_amp(device, amp)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(batch, 3, img_size, img_size, device=device).contiguous(memory_format=fmt)
     built = {n: build(n, img_size) for n in names} | dict(extra or {})
@@ -142,7 +136,7 @@ def get_parser():
                    help=f'T2T-ViT names ({", ".join(VARIANTS)}) or timm:<name>; ratios are to the first')
     p.add_argument('-b', '--batch-size', type=int, default=8); p.add_argument('--img-size', type=int, default=224)
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', choices=['cpu', 'cuda'])
-    p.add_argument('--amp', default='auto', choices=['auto', 'bf16', 'fp16', 'none'], help='auto: bf16 on GPUs that support it, else none')
+    add_amp_argument(p)                                            # the same --amp as t2t-train and t2t-eval
     p.add_argument('--compile', action='store_true'); p.add_argument('--channels-last', action='store_true')
     p.add_argument('--train', action='store_true', help='time forward + backward'); p.add_argument('--repeats', type=int, default=10)
     p.add_argument('--official', metavar='DIR', help='root of a checkout of the official repository: add its model of each T2T name')
@@ -174,7 +168,7 @@ def main(argv=None):
              for n in VARIANTS if f'official:{n}' in r}
     run = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), machine=f'{platform.processor() or platform.machine()}, '
                f'{torch.get_num_threads()} threads', torch=torch.__version__, device=a.device, batch_size=a.batch_size, img_size=a.img_size,
-               amp=resolve_amp(a.amp, a.device), compile=a.compile, channels_last=a.channels_last, train=a.train, rows=rows, vs_official=pairs)
+               amp=resolve_amp(a.device, a.amp), compile=a.compile, channels_last=a.channels_last, train=a.train, rows=rows, vs_official=pairs)
     if a.save:
         f = pathlib.Path(a.save); runs = json.loads(f.read_text()) if f.exists() else []
         f.parent.mkdir(parents=True, exist_ok=True); f.write_text(json.dumps(runs + [run], indent=1))
