@@ -68,7 +68,7 @@ class T2TViT(nn.Module):
                  kernel_ratio:float=0.5):    # Performer features / token_dim
         super().__init__()
         if embed_dim % num_heads: raise ValueError(f'embed_dim={embed_dim} must be divisible by num_heads={num_heads}')
-        self.num_classes, self.in_chans = num_classes, in_chans
+        self.num_classes, self.in_chans, self.tokens_type = num_classes, in_chans, tokens_type
         self.num_features = self.embed_dim = embed_dim
         self.tokens_to_token = make_stem(tokens_type, img_size, in_chans, embed_dim, token_dim, schedule, kernel_ratio)
         self.img_size, num_patches = self.tokens_to_token.img_size, self.tokens_to_token.num_patches

@@ -152,7 +152,7 @@ def model_config(model:nn.Module) -> dict:
     "The T2TViT keyword arguments that rebuild `model`'s architecture, read from its modules (img_size, num_classes included)."
     t2t, blk = model.tokens_to_token, model.blocks[0]
     sd = {k: v.shape for k, v in t2t.state_dict().items()}
-    kw = dict(img_size=model.img_size, num_classes=model.num_classes, in_chans=model.in_chans, tokens_type=t2t.tokens_type,
+    kw = dict(img_size=model.img_size, num_classes=model.num_classes, in_chans=model.in_chans, tokens_type=model.tokens_type,
               embed_dim=model.embed_dim, depth=len(model.blocks), num_heads=blk.attn.num_heads,
               mlp_ratio=blk.mlp.fc1.out_features / model.embed_dim, qkv_bias=blk.attn.qkv.bias is not None,
               schedule=[list(x) for x in t2t.schedule])
@@ -174,8 +174,7 @@ def save_checkpoint(model:nn.Module, path,
     variant = variant or cfg.get('architecture', '')
     class_names = class_names if class_names is not None else cfg.get('label_names')
     meta = dict(variant=variant, img_size=str(getattr(model, 'img_size', '')), num_classes=str(getattr(model, 'num_classes', '')), format='t2t_vit_lite')
-    try: meta['model_kwargs'] = json.dumps(model_config(model))
-    except AttributeError: pass                            # not a T2TViT: weights and the basic fields only
+    if hasattr(model, 'tokens_to_token'): meta['model_kwargs'] = json.dumps(model_config(model))   # a T2TViT; else weights and the basic fields only
     if class_names is not None: meta['class_names'] = json.dumps(list(class_names))
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
