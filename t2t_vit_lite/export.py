@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_export.ipynb #e14a0005
 from __future__ import annotations
-import argparse, pathlib, sys, warnings
+import argparse, importlib.util, pathlib, sys, warnings
 import torch
 import torch.nn as nn
 from .models import create_model, VARIANTS
@@ -66,6 +66,8 @@ def main(argv=None):
     "Entry point of `t2t-export` and `python -m t2t_vit_lite.export`."
     a = get_parser().parse_args(argv)
     if a.model not in VARIANTS: _fail(f'unknown model {a.model!r}; use one of {", ".join(VARIANTS)}')
+    missing = [m for m in ('onnx', 'onnxscript', 'onnxruntime') if importlib.util.find_spec(m) is None] if a.format == 'onnx' else []
+    if missing: _fail(f'--format onnx needs {", ".join(missing)}; install with: pip install onnx onnxscript onnxruntime (or use --format pt2)')
     try:
         sd, _ = extract_state_dict(read_checkpoint(a.checkpoint), path=a.checkpoint)
         num_classes = sd['head.weight'].shape[0] if 'head.weight' in sd else 1000

@@ -33,3 +33,15 @@ def test_jit_trace_equals_eager_for_t2t_transformer():
         tr = torch.jit.trace(m, torch.randn(2, 3, 224, 224))
         x = torch.randn(3, 3, 224, 224)
         assert (tr(x) - m(x)).abs().max() <= 1e-5
+
+
+def test_onnx_export_without_its_packages_exits_2_before_any_work(monkeypatch, capsys, tmp_path):
+    import importlib.util
+    from t2t_vit_lite import export
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda n, *a: None if n == 'onnxscript' else real(n, *a))
+    with pytest.raises(SystemExit) as e:   # the checkpoint does not exist: the package check comes first
+        export.main(['--model', 't2t_vit_7', '--checkpoint', str(tmp_path / 'none.pth'), '--format', 'onnx'])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('t2t-export: error: --format onnx needs onnxscript;') and 'pip install' in err and '\n' not in err, err
