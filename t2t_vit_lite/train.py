@@ -12,7 +12,6 @@ import torch
 import torch.nn as nn
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm.auto import tqdm
 from timm.loss import SoftTargetCrossEntropy, LabelSmoothingCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -22,7 +21,7 @@ from .models import create_model, VARIANTS
 from .checkpoints import read_checkpoint, CheckpointError
 from .data import (SafeImageFolder, ShardSampler, make_loader, split_dirs, class_folders, train_transform, eval_transform,
                                make_mixup, digits_folder, collate_skip, DEMO_AUG, PAPER_AUG, PAPER_MIXUP, DataError)
-from .runtime import (UsageError, SaveError, setup_distributed, add_amp_argument, resolve_amp, autocast_for, seed_epoch,
+from .runtime import (tqdm, UsageError, SaveError, setup_distributed, add_amp_argument, resolve_amp, autocast_for, seed_epoch,
                                   rng_state, set_rng_state, atomic_write, torch_save, clean_temp_files, evaluate)
 
 # %% auto #0
