@@ -8,6 +8,11 @@ __all__ = []
 
 # %% ../nbs/index.ipynb #854d5ecc
 # The package's public API (hidden in the book and the README): importing t2t_vit_lite registers the models in timm.
+import warnings as _warnings
+from tqdm import TqdmWarning as _TqdmWarning
+with _warnings.catch_warnings():   # timm's hub code imports tqdm.auto, which warns once in a kernel without ipywidgets (text bars are fine)
+    _warnings.simplefilter('ignore', _TqdmWarning)
+    import tqdm.auto
 from .models import create_model, list_models, VARIANTS
 from .backbone import T2TViT, count_params, count_macs
 from .checkpoints import load_checkpoint, save_checkpoint, CheckpointError

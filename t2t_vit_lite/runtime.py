@@ -4,17 +4,14 @@
 
 # %% ../nbs/06a_runtime.ipynb #ae95f948
 from __future__ import annotations
-import argparse, errno, os, random, tempfile, time, warnings
+import argparse, errno, os, random, tempfile, time
 from contextlib import nullcontext
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torch.distributed as dist
-from tqdm import TqdmWarning
-with warnings.catch_warnings():        # in a kernel without ipywidgets tqdm.auto warns once, then draws text bars: fine here
-    warnings.simplefilter('ignore', TqdmWarning)
-    from tqdm.auto import tqdm
+from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['AMP_CHOICES', 'UsageError', 'setup_distributed', 'add_amp_argument', 'resolve_amp', 'autocast_for', 'seed_epoch',
