@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PYTHONWARNINGS := ignore::DeprecationWarning
 
-.PHONY: setup test book readme sync-check nbtest pytest train clean
+.PHONY: setup test book readme sync-check nbtest pytest train clean bench-gpu bench-gpu-train bench-gpu-infer
 .DEFAULT_GOAL := test
 
 # the virtual environment, created if missing and refreshed when the requirements change
@@ -48,6 +48,25 @@ test: sync-check nbtest book pytest
 # the main job's demo: a small T2T-ViT on the embedded digits, on the CPU (a few minutes); again: continues or reports it done
 train: setup
 	$(BIN)/t2t-train --device cpu --output runs/demo --resume auto
+
+# the GPU results table of chapter 13 (needs a CUDA GPU; about 15 minutes on an H100): every run is appended to $(GPU_JSON)
+GPU_JSON ?= nbs/bench/gpu.json
+T2T_BENCH ?= $(BIN)/t2t-bench
+GPU_MODELS := timm:deit_small_patch16_224 t2t_vit_t_14 t2t_vit_14 t2t_vit_7
+GPU_RUN = $(T2T_BENCH) --device cuda --amp bf16 --repeats 5 --models $(GPU_MODELS) --save $(GPU_JSON)
+bench-gpu-train:
+	$(GPU_RUN) --train -b 256 --fit-batch --opt adamw
+	$(GPU_RUN) --train -b 256 --fit-batch --opt fused
+	$(GPU_RUN) --train -b 256 --fit-batch --opt fused --channels-last
+	$(GPU_RUN) --train -b 256 --fit-batch --opt fused --compile
+	$(GPU_RUN) --train -b 256 --fit-batch --opt fused --compile --channels-last
+bench-gpu-infer:
+	$(GPU_RUN) -b 256
+	$(GPU_RUN) -b 256 --compile
+	$(GPU_RUN) -b 1
+	$(GPU_RUN) -b 1 --compile
+	$(T2T_BENCH) --pipeline --save $(GPU_JSON)
+bench-gpu: bench-gpu-train bench-gpu-infer
 
 clean:
 	rm -rf _build _proc _docs

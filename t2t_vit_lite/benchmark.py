@@ -4,20 +4,25 @@
 
 # %% ../nbs/13_benchmarks.ipynb #5af18ac6
 from __future__ import annotations
-import argparse, contextlib, datetime, importlib, io, json, pathlib, platform, sys, time, types, weakref
+import argparse, contextlib, datetime, importlib, io, json, os, pathlib, platform, subprocess, sys, tempfile, time, types, weakref
 from contextlib import nullcontext
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import timm
 import timm.layers
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from .models import create_model, VARIANTS
 from .backbone import count_macs
-from .runtime import add_amp_argument, resolve_amp, autocast_for
+from .runtime import add_amp_argument, resolve_amp, autocast_for, atomic_write
+from .data import PAPER_AUG, load_rgb
+from timm.data import create_transform
 
 # %% auto #0
-__all__ = ['PeakMemory', 'peak_memory', 'build', 'compare', 'format_rows', 'load_official', 'official_twin', 'get_parser', 'main']
+__all__ = ['OPTIMIZERS', 'PEAK_TFLOPS', 'PIPELINE_STAGES', 'PeakMemory', 'peak_memory', 'build', 'gpu_peak_tflops', 'make_step',
+           'compare', 'format_rows', 'load_official', 'official_twin', 'make_jpegs', 'pipeline_rate', 'get_parser',
+           'main']
 
 # %% ../nbs/13_benchmarks.ipynb #f5a494a8
 class PeakMemory(TorchDispatchMode):
@@ -54,36 +59,82 @@ def build(name:str, img_size:int=224):
     if name.startswith('timm:'): return timm.create_model(name[5:], pretrained=False, num_classes=1000)
     return create_model(name, img_size=img_size)
 
+OPTIMIZERS = ('none', 'adamw', 'fused')
+# dense (no sparsity) bf16/fp16 tensor-core peaks from the vendors' data sheets, TFLOP/s; first match of the device name wins
+PEAK_TFLOPS = (('H100 PCIe', 756.), ('H100 NVL', 835.), ('H100', 989.4), ('H200', 989.4), ('GH200', 989.4), ('B200', 2250.),
+               ('A100', 312.), ('L40S', 362.), ('L4', 121.), ('A10G', 70.))
+
+def gpu_peak_tflops(device='cuda') -> float:
+    "The GPU's dense bf16 peak in TFLOP/s from `PEAK_TFLOPS`, or None on a CPU or an unlisted GPU (pass `peak_tflops` then)."
+    device = torch.device(device)
+    if device.type != 'cuda' or not torch.cuda.is_available(): return None
+    name = torch.cuda.get_device_name(device)
+    return next((tf for key, tf in PEAK_TFLOPS if key in name), None)
+
+def _sync(device):
+    if device.type == 'cuda': torch.cuda.synchronize(device)
+
+def make_step(f, model:nn.Module, x:torch.Tensor, train:bool, device, amp:str, optimizer:str='none'):
+    "One inference step, or a training step (forward, backward and, unless `optimizer='none'`, AdamW's update) of `f` on `x`."
+    opt = None if not train or optimizer == 'none' else torch.optim.AdamW(model.parameters(), lr=1e-6, fused=optimizer == 'fused')
+    def step():
+        if not train:
+            with torch.no_grad(), autocast_for(device, amp): return f(x)
+        model.zero_grad(set_to_none=True)
+        with autocast_for(device, amp): loss = f(x).float().logsumexp(-1).mean()
+        loss.backward()
+        if opt is not None: opt.step()
+    return step
+
+def _fitting_step(make, batch:int, device) -> tuple:
+    "(batch, step) for the largest batch <= `batch`, halving on CUDA out-of-memory, whose step runs."
+    while True:
+        step = make(batch)
+        try: step(); _sync(device); return batch, step
+        except torch.OutOfMemoryError:
+            del step; torch.cuda.empty_cache()
+            if batch == 1: raise
+            batch //= 2
+
 def compare(names:list, batch:int=8, img_size:int=224, device='cpu', amp:str='none', compile:bool=False,
-            train:bool=False, repeats:int=5, warmup:int=2, channels_last:bool=False, extra:dict=None) -> list:
+            train:bool=False, repeats:int=5, warmup:int=2, channels_last:bool=False, extra:dict=None,
+            optimizer:str='none',      # with train: 'adamw' or 'fused' adds the optimizer step
+            fit_batch:bool=False,      # halve a model's batch until its step fits in GPU memory
+            inner:int=None,            # steps per timed repeat (default: 10 on a GPU, 1 on a CPU)
+            peak_tflops:float=None,    # the device's bf16 peak for the MFU column (default: gpu_peak_tflops)
+            ) -> list:
     "Time `names` (and the models in `extra`, label -> model) in one interleaved run; rows with ratios to the first."
     device, amp = torch.device(device), resolve_amp(device, amp)
+    if optimizer not in OPTIMIZERS: raise ValueError(f'optimizer {optimizer!r}: choose one of {OPTIMIZERS}')
+    inner = inner or (10 if device.type == 'cuda' else 1)
+    peak = peak_tflops or (gpu_peak_tflops(device) if amp != 'none' else None)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(batch, 3, img_size, img_size, device=device).contiguous(memory_format=fmt)
     built = {n: build(n, img_size) for n in names} | dict(extra or {})
-    models, steps, gflop = {}, {}, {}
+    models, steps, gflop, batches = {}, {}, {}, {}
     for n, m in built.items():
         gflop[n] = 2 * count_macs(m, img_size) / 1e9 * (3 if train else 1)   # on the CPU, before moving; backward ~ 2x forward
         m = m.to(device, memory_format=fmt).train(train)
         f = torch.compile(m) if compile else m
-        def step(f=f):
-            ctx = nullcontext() if train else torch.no_grad()
-            with ctx, autocast_for(device, amp):
-                out = f(x)
-                if train: out.float().logsumexp(-1).sum().backward()
-            if device.type == 'cuda': torch.cuda.synchronize()
-        models[n], steps[n] = m, step
+        def make(b, f=f, m=m):
+            x = torch.randn(b, 3, img_size, img_size, device=device).contiguous(memory_format=fmt)
+            return make_step(f, m, x, train, device, amp, optimizer)
+        batches[n], steps[n] = _fitting_step(make, batch, device) if fit_batch else (batch, make(batch))
+        models[n] = m
     for _ in range(warmup):
-        for n in models: steps[n]()
+        for n in models: steps[n](); _sync(device)
     best = {n: float('inf') for n in models}
     for _ in range(repeats):                                   # round-robin: drift hits every model alike
         for n in models:
-            t0 = time.perf_counter(); steps[n](); best[n] = min(best[n], time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for _ in range(inner): steps[n]()
+            _sync(device); best[n] = min(best[n], (time.perf_counter() - t0) / inner)
     rows = []
     for n, m in models.items():
-        params = sum(p.numel() for p in m.parameters() if p.requires_grad)
-        rows.append(dict(model=n, params_m=params / 1e6, ms=best[n] * 1e3, images_per_s=batch / best[n],
-                         gflops_per_s=gflop[n] * batch / best[n], peak_mib=peak_memory(steps[n], device) / 2**20 if not compile else float('nan')))
+        params, b = sum(p.numel() for p in m.parameters() if p.requires_grad), batches[n]
+        measurable = device.type == 'cuda' or not compile       # the CPU counter cannot see inside compiled graphs
+        rows.append(dict(model=n, batch=b, params_m=params / 1e6, ms=best[n] * 1e3, images_per_s=b / best[n], gflops_per_s=gflop[n] * b / best[n],
+                         peak_mib=peak_memory(lambda: (steps[n](), _sync(device)), device) / 2**20 if measurable else float('nan')))
+        rows[-1]['mfu'] = rows[-1]['gflops_per_s'] / (peak * 1e3) if peak else float('nan')
     for r in rows:
         r['speed_vs_first'] = r['images_per_s'] / rows[0]['images_per_s']
         r['flop_rate_vs_first'] = r['gflops_per_s'] / rows[0]['gflops_per_s']
@@ -91,10 +142,14 @@ def compare(names:list, batch:int=8, img_size:int=224, device='cpu', amp:str='no
     return rows
 
 def format_rows(rows:list) -> str:
-    "The rows of `compare` as a fixed-width table."
-    head = f"{'model':<32}{'params M':>9}{'ms/batch':>10}{'img/s':>8}{'GFLOP/s':>9}{'peak MiB':>10}{'speed x':>9}{'FLOP/s x':>9}{'memory x':>10}"
-    return '\n'.join([head] + [f"{r['model']:<32}{r['params_m']:>9.2f}{r['ms']:>10.1f}{r['images_per_s']:>8.1f}{r['gflops_per_s']:>9.1f}"
-                               f"{r['peak_mib']:>10.1f}{r['speed_vs_first']:>9.2f}{r['flop_rate_vs_first']:>9.2f}{r['memory_vs_first']:>10.2f}" for r in rows])
+    "The rows of `compare` as a fixed-width table (with batch and MFU columns when they vary or are known)."
+    mfu = any(r.get('mfu') == r.get('mfu') for r in rows)                      # some MFU is not NaN
+    head = (f"{'model':<32}{'batch':>6}{'params M':>9}{'ms/batch':>10}{'img/s':>9}{'GFLOP/s':>10}{'peak MiB':>10}{'speed x':>9}{'FLOP/s x':>9}"
+            f"{'memory x':>10}" + (f"{'MFU %':>7}" if mfu else ''))
+    return '\n'.join([head] + [f"{r['model']:<32}{r.get('batch', 0):>6}{r['params_m']:>9.2f}{r['ms']:>10.1f}{r['images_per_s']:>9.1f}{r['gflops_per_s']:>10.1f}"
+                               f"{r['peak_mib']:>10.1f}{r['speed_vs_first']:>9.2f}{r['flop_rate_vs_first']:>9.2f}{r['memory_vs_first']:>10.2f}"
+                               + (f"{100 * r['mfu']:>7.1f}" if mfu else '') for r in rows])
+
 
 # %% ../nbs/13_benchmarks.ipynb #c5f1e2a3
 @contextlib.contextmanager
@@ -129,6 +184,37 @@ def official_twin(name:str, model:nn.Module, root, atol:float=1e-4) -> nn.Module
     assert diff <= atol, f'{name}: official and own logits differ by {diff:.2e} > {atol}'
     return off
 
+# %% ../nbs/13_benchmarks.ipynb #dcd9dbd9
+def make_jpegs(folder, n:int=32, size:tuple=(500, 375), seed:int=0) -> list:
+    "Write `n` JPEGs of ImageNet's typical size (smooth random colour fields plus grain, quality 90) into `folder`; return their paths."
+    from PIL import Image
+    folder = pathlib.Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    g, paths = torch.Generator().manual_seed(seed), []
+    for i in range(n):
+        field = F.interpolate(torch.rand(1, 3, 12, 16, generator=g), size=size[::-1], mode='bicubic', align_corners=False)[0]
+        img = (field + 0.15 * torch.rand(3, *size[::-1], generator=g)).clamp(0, 1).mul(255).byte().permute(1, 2, 0).numpy()
+        paths.append(folder / f'{i:04d}.jpg'); Image.fromarray(img).save(paths[-1], quality=90)
+    return paths
+
+PIPELINE_STAGES = ('decode', 'crop_flip', 'randaugment', 'tensor_norm_erase')
+
+def pipeline_rate(paths:list, img_size:int=224, repeats:int=2, **aug) -> dict:
+    "Images/s that one CPU core gets through the paper's training transform, in all and per stage (`PIPELINE_STAGES`)."
+    stages = create_transform(img_size, is_training=True, separate=True, **{**PAPER_AUG, **aug})   # (crop+flip, RandAugment, final)
+    threads = torch.get_num_threads(); torch.set_num_threads(1)
+    spent = dict.fromkeys(PIPELINE_STAGES, 0.)
+    try:
+        for _ in range(repeats):
+            for p in paths:
+                t = [time.perf_counter()]; im = load_rgb(p); t.append(time.perf_counter())
+                for s in stages: im = s(im); t.append(time.perf_counter())
+                for k, a, b in zip(PIPELINE_STAGES, t, t[1:]): spent[k] += b - a
+    finally: torch.set_num_threads(threads)
+    n, total = repeats * len(paths), sum(spent.values())
+    return dict(images_per_s=n / total, stage_images_per_s={k: n / v for k, v in spent.items()}, stage_share={k: v / total for k, v in spent.items()},
+                out_shape=list(im.shape))
+
+
 # %% ../nbs/13_benchmarks.ipynb #23e2acc1
 def get_parser():
     p = argparse.ArgumentParser('t2t-bench', description='Time T2T-ViT variants and timm models side by side, in one run.')
@@ -139,6 +225,12 @@ def get_parser():
     add_amp_argument(p)                                            # the same --amp as t2t-train and t2t-eval
     p.add_argument('--compile', action='store_true'); p.add_argument('--channels-last', action='store_true')
     p.add_argument('--train', action='store_true', help='time forward + backward'); p.add_argument('--repeats', type=int, default=10)
+    p.add_argument('--opt', default='none', choices=OPTIMIZERS, help="with --train, add AdamW's step: adamw (torch's default kernel) or fused")
+    p.add_argument('--fit-batch', action='store_true', help='halve a model\'s batch until its step fits in GPU memory (-b is the largest tried)')
+    p.add_argument('--inner', type=int, help='steps per timed repeat (default: 10 on a GPU, 1 on a CPU)')
+    p.add_argument('--peak-tflops', type=float, help='the GPU\'s dense bf16 peak for the MFU column, if it is not in PEAK_TFLOPS')
+    p.add_argument('--pipeline', action='store_true', help="time the paper's training transform on one CPU core (generated JPEGs) instead of models")
+    p.add_argument('--pipeline-images', type=int, default=64, help='how many 500x375 JPEGs --pipeline generates')
     p.add_argument('--official', metavar='DIR', help='root of a checkout of the official repository: add its model of each T2T name')
     p.add_argument('--threads', type=int, help='torch.set_num_threads on the CPU')
     p.add_argument('--json', action='store_true'); p.add_argument('--save', metavar='FILE', help='append this run (rows, date, machine) to a JSON file')
@@ -146,14 +238,45 @@ def get_parser():
 
 def _fail(msg): print(f't2t-bench: error: {msg}', file=sys.stderr); sys.exit(2)
 
+def _run_info(a) -> dict:
+    "Date, machine, versions, GPU and driver, and the exact command of this run (for the results file)."
+    gpu = driver = None
+    if a.device == 'cuda':
+        gpu = torch.cuda.get_device_name()
+        try: driver = subprocess.run(['nvidia-smi', '--query-gpu=driver_version', '--format=csv,noheader'], capture_output=True, text=True).stdout.split()[0]
+        except (OSError, IndexError): pass
+    return dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), machine=f'{platform.processor() or platform.machine()}, '
+                f'{torch.get_num_threads()} threads, {os.cpu_count()} cores', torch=torch.__version__, timm=timm.__version__, device=a.device,
+                gpu=gpu, driver=driver, command='t2t-bench ' + ' '.join(sys.argv[1:]))
+
+def _append(path, run:dict):
+    "Add `run` to the JSON list in `path` (created if missing), written atomically."
+    f = pathlib.Path(path); runs = json.loads(f.read_text()) if f.exists() else []
+    f.parent.mkdir(parents=True, exist_ok=True); atomic_write(f, lambda t: pathlib.Path(t).write_text(json.dumps(runs + [run], indent=1)))
+
+def _pipeline_main(a):
+    "`t2t-bench --pipeline`: images/s per CPU core through the paper's training transform, on generated ImageNet-size JPEGs."
+    with tempfile.TemporaryDirectory() as d: r = pipeline_rate(make_jpegs(d, a.pipeline_images), a.img_size)
+    run = dict(_run_info(a), kind='pipeline', img_size=a.img_size, **r)
+    if a.save: _append(a.save, run)
+    if a.json: print(json.dumps(r)); return
+    print(f"paper's training transform, one CPU core, {a.pipeline_images} generated 500x375 JPEGs -> {a.img_size} px: {r['images_per_s']:.0f} images/s")
+    for k in PIPELINE_STAGES: print(f"  {k:<18}{r['stage_share'][k]:>6.0%} of the time ({r['stage_images_per_s'][k]:.0f} images/s alone)")
+
 def main(argv=None):
     "Entry point of `t2t-bench` and `python -m t2t_vit_lite.benchmark`."
     a = get_parser().parse_args(argv)
     unknown = [n for n in a.models if not n.startswith('timm:') and n not in VARIANTS]
     if unknown: _fail(f'unknown model(s) {unknown}; use {", ".join(VARIANTS)} or timm:<name>')
     if a.batch_size < 1: _fail(f'--batch-size must be >= 1, got {a.batch_size}')
+    if a.device == 'cuda' and not torch.cuda.is_available(): _fail('--device cuda asked for, but no GPU is visible; use --device cpu')
+    if a.opt != 'none' and not a.train: _fail(f'--opt {a.opt} times an optimizer step, which needs --train')
+    for flag, v in (('--inner', a.inner), ('--repeats', a.repeats), ('--pipeline-images', a.pipeline_images)):
+        if v is not None and v < 1: _fail(f'{flag} must be >= 1, got {v}')
+    if a.peak_tflops is not None and not a.peak_tflops > 0: _fail(f'--peak-tflops must be a number above 0, got {a.peak_tflops}')
     if a.threads: torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    if a.pipeline: return _pipeline_main(a)
     extra = {}
     if a.official:
         try: load_official(a.official)
@@ -162,18 +285,16 @@ def main(argv=None):
             extra[n] = create_model(n, img_size=a.img_size)
             extra[f'official:{n}'] = official_twin(n, extra[n], a.official)
     names = [n for n in a.models if n not in extra]
-    rows = compare(names, a.batch_size, a.img_size, a.device, a.amp, a.compile, a.train, a.repeats, channels_last=a.channels_last, extra=extra)
+    rows = compare(names, a.batch_size, a.img_size, a.device, a.amp, a.compile, a.train, a.repeats, channels_last=a.channels_last, extra=extra,
+                   optimizer=a.opt, fit_batch=a.fit_batch, inner=a.inner, peak_tflops=a.peak_tflops)
     r = {x['model']: x for x in rows}
     pairs = {n: dict(speed=r[n]['images_per_s'] / r[f'official:{n}']['images_per_s'], memory=r[n]['peak_mib'] / r[f'official:{n}']['peak_mib'])
              for n in VARIANTS if f'official:{n}' in r}
-    run = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), machine=f'{platform.processor() or platform.machine()}, '
-               f'{torch.get_num_threads()} threads', torch=torch.__version__, device=a.device, batch_size=a.batch_size, img_size=a.img_size,
-               amp=resolve_amp(a.device, a.amp), compile=a.compile, channels_last=a.channels_last, train=a.train, rows=rows, vs_official=pairs)
-    if a.save:
-        f = pathlib.Path(a.save); runs = json.loads(f.read_text()) if f.exists() else []
-        f.parent.mkdir(parents=True, exist_ok=True); f.write_text(json.dumps(runs + [run], indent=1))
-    print(json.dumps(rows) if a.json else f'{a.device}, batch {a.batch_size}, {a.img_size} px, amp {run["amp"]}, compile {a.compile}, '
-          f'{"train" if a.train else "inference"}\n' + format_rows(rows))
+    run = dict(_run_info(a), batch_size=a.batch_size, img_size=a.img_size, amp=resolve_amp(a.device, a.amp), compile=a.compile,
+               channels_last=a.channels_last, train=a.train, optimizer=a.opt, rows=rows, vs_official=pairs)
+    if a.save: _append(a.save, run)
+    print(json.dumps(rows) if a.json else f'{run["gpu"] or a.device}, batch {a.batch_size}, {a.img_size} px, amp {run["amp"]}, compile {a.compile}, '
+          f'{"train (optimizer " + a.opt + ")" if a.train else "inference"}' + (', channels-last' if a.channels_last else '') + '\n' + format_rows(rows))
     for n, v in pairs.items(): print(f'{n}: {v["speed"]:.2f}x the official speed, {v["memory"]:.2f}x its peak memory', file=sys.stderr if a.json else sys.stdout)
 
 if __name__ == '__main__' and not hasattr(sys, 'ps1') and 'ipykernel' not in sys.modules: main()
