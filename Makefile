@@ -20,7 +20,8 @@ setup: $(BIN)/.installed
 
 # README.md is generated from nbs/index.ipynb (nbdev_readme needs Quarto, which cannot be installed here)
 readme: setup
-	$(BIN)/jupyter nbconvert --log-level=ERROR --to markdown --stdout --TagRemovePreprocessor.remove_cell_tags=remove-cell nbs/index.ipynb > README.md
+	$(BIN)/jupyter nbconvert --log-level=ERROR --to markdown --stdout --TagRemovePreprocessor.remove_cell_tags="['remove-cell', 'book-only']" nbs/index.ipynb \
+	  | sed -E 's#\]\(([0-9][0-9][a-z]?_[A-Za-z0-9_]+\.ipynb)\)#](nbs/\1)#g' > README.md   # chapter links point into nbs/ from the repository root
 
 # fail when nbdev_clean, nbdev_export or the README generation would change a tracked file
 SYNCED := nbs t2t_vit_lite README.md

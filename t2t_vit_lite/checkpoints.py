@@ -102,8 +102,8 @@ def checkpoint_filter_fn(state_dict:dict, model:nn.Module) -> dict:
             and sd['pos_embed'].shape[2] == own['pos_embed'].shape[2]:
         sd['pos_embed'] = resample_pos_embed(sd['pos_embed'].float(), own['pos_embed'].shape[1])
     if 'head.weight' in sd and ('head.weight' not in own or sd['head.weight'].shape != own['head.weight'].shape):
-        n_ckpt, n_model = sd['head.weight'].shape[0], getattr(model, 'num_classes', None)
-        warnings.warn(f'checkpoint head has {n_ckpt} classes, the model {n_model}: the head is not loaded and stays freshly initialised')
+        theirs, ours = ' x '.join(map(str, sd['head.weight'].shape)), ' x '.join(map(str, own['head.weight'].shape)) if 'head.weight' in own else 'none'
+        warnings.warn(f'the checkpoint head is {theirs} (classes x width), the model head {ours}: the head is not loaded and stays freshly initialised')
         sd = {k: v for k, v in sd.items() if not k.startswith('head.')}
     return sd
 

@@ -28,7 +28,8 @@ def setup_distributed(device:str=None, # 'cpu', 'cuda', or None: a GPU when one 
     local = int(os.environ.get('LOCAL_RANK', '0'))
     use_cuda = torch.cuda.is_available() if device is None else device == 'cuda'
     if use_cuda and not torch.cuda.is_available(): raise UsageError('--device cuda asked for, but no GPU is visible; use --device cpu')
-    if world > 1 and not dist.is_initialized():
+    launched = 'TORCHELASTIC_RUN_ID' in os.environ           # torchrun sets it: a process group even for one process (NCCL on a GPU)
+    if (world > 1 or launched) and not dist.is_initialized():
         if use_cuda: torch.cuda.set_device(local)
         dist.init_process_group('nccl' if use_cuda else 'gloo')
     rank = dist.get_rank() if dist.is_initialized() else 0
