@@ -1,0 +1,17 @@
+"""Sphinx extension: drop repeated <script> entries from each page.
+
+sphinx-thebe (loaded by Jupyter Book 1) adds its inline `const THEBE_JS_URL = ...` script once per reading pass,
+so a page built after notebook execution declares the constant twice and the browser raises a SyntaxError."""
+
+
+def _unique(app, pagename, templatename, context, doctree):
+    seen, kept = set(), []
+    for js in context.get('script_files', []):
+        key = (str(js), repr(getattr(js, 'attributes', {})))
+        if key not in seen: seen.add(key); kept.append(js)
+    context['script_files'] = kept
+
+
+def setup(app):
+    app.connect('html-page-context', _unique, priority=100)   # early: the event stops at the first handler that returns a value
+    return dict(parallel_read_safe=True, parallel_write_safe=True)
