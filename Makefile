@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PYTHONWARNINGS := ignore::DeprecationWarning
 
-.PHONY: setup test book readme sync-check nbtest pytest train clean bench-gpu bench-gpu-train bench-gpu-infer
+.PHONY: setup test book readme sync-check nbtest pytest train weights experiments clean bench-gpu bench-gpu-train bench-gpu-infer
 .DEFAULT_GOAL := test
 
 # the virtual environment, created if missing and refreshed when the requirements change
@@ -42,7 +42,7 @@ book: setup
 	$(BIN)/jupyter-book build -W --keep-going .
 
 pytest: setup
-	$(BIN)/python -m pytest tests/ -q
+	$(BIN)/python -m pytest tests/ -q -m 'not slow'
 
 test: sync-check nbtest book pytest
 
@@ -68,6 +68,14 @@ bench-gpu-infer:
 	$(GPU_RUN) -b 1 --compile
 	$(T2T_BENCH) --pipeline --save $(GPU_JSON)
 bench-gpu: bench-gpu-train bench-gpu-infer
+
+# the trained reference models shipped in t2t_vit_lite/weights/ (chapter 10a), regenerated from scratch on the CPU
+weights: setup
+	OMP_NUM_THREADS=1 nice -n 19 $(BIN)/python -m t2t_vit_lite.reference
+
+# chapter 12's ablation sweep on the CPU (resumable: finished runs are kept): t2t_vit_lite/results/ablations.{csv,json,png}
+experiments: setup
+	OMP_NUM_THREADS=1 nice -n 19 $(BIN)/python -m t2t_vit_lite.experiments
 
 clean:
 	rm -rf _build _proc _docs

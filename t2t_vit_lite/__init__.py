@@ -16,3 +16,4 @@ with _warnings.catch_warnings():   # timm's hub code imports tqdm.auto, which wa
 from .models import create_model, list_models, VARIANTS
 from .backbone import T2TViT, count_params, count_macs
 from .checkpoints import load_checkpoint, save_checkpoint, CheckpointError
+from .reference import demo_model

@@ -12,10 +12,11 @@ import matplotlib.pyplot as plt
 from einops import rearrange
 from .soft_split import split_size
 from .t2t_layer import tokens_to_image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD   # after the package, which silences tqdm's widget warning   # after the package, which silences tqdm's widget warning   # after the package, which silences tqdm's widget warning
 
 # %% auto #0
 __all__ = ['collect_features', 'plot_feature_maps', 'attention_maps', 'cls_attention_grid', 'plot_attention', 'receptive_field',
-           'plot_token_grid']
+           'plot_token_grid', 'ink_mask', 'token_energy', 'mass_share']
 
 # %% ../nbs/11_visualize.ipynb #0ab7dec2
 def collect_features(model:nn.Module, # a T2TViT
@@ -96,3 +97,21 @@ def plot_token_grid(img:torch.Tensor, schedule, token:tuple=(6, 7), ax=None):
     ax.add_patch(mpatches.Rectangle((token[1] * step - .5, token[0] * step - .5), step, step, fill=True, alpha=.5, fc='red', label='its grid cell'))
     ax.legend(loc='lower left', fontsize=7); ax.axis('off'); ax.set_title(f'{side} x {side} tokens, token {token}', fontsize=8)
     return fig
+
+# %% ../nbs/11_visualize.ipynb #a91b2c52
+def ink_mask(x:torch.Tensor,  # normalised images (B, C, H, W)
+             mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, threshold:float=0.5) -> torch.Tensor:
+    "(B, H, W) float mask of the pixels brighter than `threshold` (0..1) once the normalisation is undone."
+    pix = x * torch.tensor(std, dtype=x.dtype)[:, None, None] + torch.tensor(mean, dtype=x.dtype)[:, None, None]
+    return (pix.mean(1) > threshold).float()
+
+def token_energy(fmap:torch.Tensor) -> torch.Tensor:
+    "(B, h, w): squared distance of each position's feature vector (B, C, h, w) from the image's mean feature vector."
+    return (fmap - fmap.mean((2, 3), keepdim=True)).pow(2).sum(1)
+
+def mass_share(m:torch.Tensor,     # non-negative maps (B, h, w)
+               mask:torch.Tensor,  # (B, H, W) 0/1
+              ) -> torch.Tensor:
+    "(B,): the share of each map's mass, upsampled bilinearly to the mask's size, that lies on the mask."
+    up = F.interpolate(m[:, None], size=mask.shape[-2:], mode='bilinear', align_corners=False)[:, 0]
+    return (up * mask).sum((1, 2)) / up.sum((1, 2))
