@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PYTHONWARNINGS := ignore::DeprecationWarning
 
-.PHONY: setup test book readme sync-check nbtest pytest train weights experiments clean bench-gpu bench-gpu-train bench-gpu-infer
+.PHONY: setup test book readme sync-check nbtest pytest timm-suite train weights experiments clean bench-gpu bench-gpu-train bench-gpu-infer
 .DEFAULT_GOAL := test
 
 # the virtual environment, created if missing and refreshed when the requirements change
@@ -42,9 +42,13 @@ book: setup
 	$(BIN)/jupyter-book build -W --keep-going .
 
 pytest: setup
-	$(BIN)/python -m pytest tests/ -q -m 'not slow'
+	$(BIN)/python -m pytest tests/ -q -m 'not slow' --ignore=tests/timm_suite
 
-test: sync-check nbtest book pytest
+# timm's own tests/test_models.py (downloaded for the installed timm version, not committed) on the 13 variants
+timm-suite: setup
+	PYTHON=$(BIN)/python tests/timm_suite/run.sh
+
+test: sync-check nbtest book pytest timm-suite
 
 # the main job's demo: a small T2T-ViT on the embedded digits, on the CPU (a few minutes); again: continues or reports it done
 train: setup

@@ -5,17 +5,21 @@
 # %% ../nbs/05_backbone.ipynb #35bc2a5e
 from __future__ import annotations
 import math
+from contextlib import nullcontext
+from typing import List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import rearrange
-from timm.layers import Mlp, DropPath, trunc_normal_
+from timm.layers import Mlp, DropPath, trunc_normal_, resample_abs_pos_embed, register_notrace_function
+from timm.models import checkpoint, checkpoint_seq
+from timm.models._features import feature_take_indices
 from torch.utils.flop_counter import FlopCounterMode
-from .t2t_layer import Attention
+from .t2t_layer import Attention, tokens_to_image
 from .t2t_module import make_stem
 
 # %% auto #0
-__all__ = ['Block', 'get_sinusoid_encoding', 'is_tracing', 'T2TViT', 'count_params', 'count_macs']
+__all__ = ['Block', 'get_sinusoid_encoding', 'is_tracing', 'TimmControls', 'resample_pos_table', 'T2TViT', 'count_params',
+           'count_macs']
 
 # %% ../nbs/05_backbone.ipynb #8ff9e511
 class Block(nn.Module):
@@ -54,8 +58,67 @@ def is_tracing() -> bool:
     return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
             or torch.fx._symbolic_trace.is_fx_symbolic_tracing())
 
+# %% ../nbs/05_backbone.ipynb #7c0a11d2
+class TimmControls:
+    "timm's model controls that `T2TViT` inherits: checkpointing, parameter groups, intermediate features."
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable:bool=True):
+        "Recompute each T2T layer and every block during backward instead of storing their activations."
+        self.grad_checkpointing = self.tokens_to_token.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse:bool=False) -> dict:
+        "timm's parameter groups: stem (T2T module, class token), each block, then the final norm."
+        return dict(stem=r'^cls_token|^tokens_to_token',
+                    blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))])
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        "Parameters kept out of weight decay."
+        return {'cls_token'}
+
+    def forward_intermediates(self, x:torch.Tensor,
+                              indices:Optional[Union[int, List[int]]]=None, # last n blocks (int) or block indices; None: all
+                              return_prefix_tokens:bool=False,  # pair each map with its class token (B, 1, D)
+                              norm:bool=False,                  # apply the final norm to the intermediates too
+                              stop_early:bool=False,            # skip the blocks after the last index
+                              output_fmt:str='NCHW',            # 'NCHW': (B, D, h, w) maps; 'NLC': (B, h*w, D) tokens
+                              intermediates_only:bool=False):   # return only the list
+        "timm's ViT API: (final normed tokens (B, 1+h*w, D), [block outputs]) for the blocks in `indices`."
+        if output_fmt not in ('NCHW', 'NLC'): raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        x, h, w = self._embed(x)                                               # (B, 1+h*w, D)
+        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
+        intermediates = []
+        for i, blk in enumerate(blocks):
+            x = checkpoint(blk, x, use_reentrant=False) if self.grad_checkpointing and not torch.jit.is_scripting() else blk(x)
+            if i in take_indices: intermediates.append(self.norm(x) if norm else x)
+        prefix = [y[:, :1] for y in intermediates]                              # class tokens (B, 1, D)
+        intermediates = [y[:, 1:] for y in intermediates]                       # (B, h*w, D)
+        if output_fmt == 'NCHW': intermediates = [tokens_to_image(y, h, w).contiguous() for y in intermediates]  # (B, D, h, w)
+        if return_prefix_tokens: intermediates = list(zip(intermediates, prefix))
+        return intermediates if intermediates_only else (self.norm(x), intermediates)
+
+    def prune_intermediate_layers(self, indices:Union[int, List[int]]=1, prune_norm:bool=False, prune_head:bool=True) -> List[int]:
+        "Drop the blocks after the last of `indices` (and the final norm / the head): what a feature extractor never runs."
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_norm: self.norm = nn.Identity()
+        if prune_head: self.reset_classifier(0)
+        return take_indices
+
+# %% ../nbs/05_backbone.ipynb #7c0a11d8
+@register_notrace_function
+def resample_pos_table(pos_embed:torch.Tensor, # (1, 1 + grid*grid, D): class token row, then the grid
+                       h:int, w:int,            # the token grid at hand
+                       grid:int,                # the side the table was built for
+                      ) -> torch.Tensor:
+    "The position table for an h x w grid: as stored when it fits, else resampled bicubically like the checkpoint loader."
+    if h == grid and w == grid: return pos_embed
+    return resample_abs_pos_embed(pos_embed, [h, w], [grid, grid], num_prefix_tokens=1, interpolation='bicubic', antialias=False)
+
 # %% ../nbs/05_backbone.ipynb #ae45dcc1
-class T2TViT(nn.Module):
+class T2TViT(TimmControls, nn.Module):
     "Tokens-to-Token ViT: T2T module, class token, sinusoid positions, deep-narrow ViT blocks, linear head."
     def __init__(self, img_size:int=224, tokens_type:str='performer', in_chans:int=3,
                  num_classes:int=1000,       # 0 gives a feature extractor (head = Identity)
@@ -65,22 +128,31 @@ class T2TViT(nn.Module):
                  drop_path_rate:float=0.,    # stochastic depth, linear from 0 to this over the blocks
                  token_dim:int=64,           # width inside the T2T module
                  schedule:tuple=None,        # soft-split schedule of the T2T module (None: the paper's)
-                 kernel_ratio:float=0.5):    # Performer features / token_dim
+                 kernel_ratio:float=0.5,     # Performer features / token_dim
+                 dynamic_img_size:bool=True, # other input sizes: position table resampled; False: refused
+                 global_pool:str='token',    # the class token feeds the head (the only choice)
+                 device=None, dtype=None):   # where and in which dtype to create the weights (timm's factory)
         super().__init__()
         if embed_dim % num_heads: raise ValueError(f'embed_dim={embed_dim} must be divisible by num_heads={num_heads}')
-        self.num_classes, self.in_chans, self.tokens_type = num_classes, in_chans, tokens_type
-        self.num_features = self.embed_dim = embed_dim
-        self.tokens_to_token = make_stem(tokens_type, img_size, in_chans, embed_dim, token_dim, schedule, kernel_ratio)
-        self.img_size, num_patches = self.tokens_to_token.img_size, self.tokens_to_token.num_patches
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(get_sinusoid_encoding(num_patches + 1, embed_dim), requires_grad=False)
-        self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
-        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, proj_drop=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[i]) for i in range(depth)])
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-5)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._check_pool(global_pool)
+        self.num_classes, self.in_chans, self.tokens_type, self.dynamic_img_size = num_classes, in_chans, tokens_type, dynamic_img_size
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.global_pool, self.num_prefix_tokens, self.grad_checkpointing = 'token', 1, False
+        with torch.device(device) if device is not None else nullcontext():
+            self.tokens_to_token = make_stem(tokens_type, img_size, in_chans, embed_dim, token_dim, schedule, kernel_ratio)
+            self.img_size, num_patches = self.tokens_to_token.img_size, self.tokens_to_token.num_patches
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+            self.register_buffer('pos_embed', get_sinusoid_encoding(num_patches + 1, embed_dim))   # fixed: a buffer, in the state dict
+            self.pos_drop = nn.Dropout(drop_rate)
+            dpr = torch.linspace(0, drop_path_rate, depth, device='cpu').tolist()
+            self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, proj_drop=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[i]) for i in range(depth)])
+            self.norm = nn.LayerNorm(embed_dim, eps=1e-5)
+            self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        reduction = math.prod(s for _, s, _ in self.tokens_to_token.schedule)   # pixels per token side: 16
+        self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=reduction) for i in range(depth)]
         trunc_normal_(self.cls_token, std=.02)
         self.apply(self._init_weights)
+        if dtype is not None: self.to(dtype)
 
     def _init_weights(self, m):
         if isinstance(m, nn.Linear):
@@ -88,33 +160,49 @@ class T2TViT(nn.Module):
             if m.bias is not None: nn.init.zeros_(m.bias)
         elif isinstance(m, nn.LayerNorm): nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
 
-    @torch.jit.ignore
-    def no_weight_decay(self): return {'cls_token', 'pos_embed'}
+    @staticmethod
+    def _check_pool(global_pool):
+        if global_pool not in (None, 'token'): raise ValueError(f"T2T-ViT pools with its class token: global_pool='token', got {global_pool!r}")
 
+    @torch.jit.ignore
     def get_classifier(self): return self.head
 
     def reset_classifier(self, num_classes:int, global_pool=None):
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        "A new head for `num_classes` (0: none), on the model's device and dtype."
+        self._check_pool(global_pool)
+        self.num_classes, p = num_classes, self.cls_token
+        self.head = nn.Linear(self.embed_dim, num_classes, device=p.device, dtype=p.dtype).train(self.training) if num_classes > 0 else nn.Identity()
 
     def check_input(self, x):
         "Raise a ValueError naming the expected (B, C, H, W) when `x` does not fit this model."
-        want = f'(B, {self.in_chans}, {self.img_size}, {self.img_size})'
-        if x.ndim != 4: raise ValueError(f'expected an image batch {want}, got a {x.ndim}-D tensor of shape {tuple(x.shape)}')
-        if x.shape[1] != self.in_chans: raise ValueError(f'expected {want}, got {tuple(x.shape)}: {x.shape[1]} channels; create the model with in_chans={x.shape[1]}')
-        if tuple(x.shape[-2:]) != (self.img_size, self.img_size):
-            raise ValueError(f'expected {want}, got {tuple(x.shape)}; resize the images to {self.img_size}x{self.img_size}, '
-                             f'or create the model for this size: create_model(name, img_size={x.shape[-1]})')
+        size = 'H, W' if self.dynamic_img_size else f'{self.img_size}, {self.img_size}'
+        want, got = f'(B, {self.in_chans}, {size})', tuple(x.shape)
+        if x.ndim != 4: raise ValueError(f'expected an image batch {want}, got a {x.ndim}-D tensor of shape {got}')
+        if x.shape[1] != self.in_chans: raise ValueError(f'expected {want}, got {got}: {x.shape[1]} channels; create the model with in_chans={x.shape[1]}')
+        if not self.dynamic_img_size and tuple(x.shape[-2:]) != (self.img_size, self.img_size):
+            raise ValueError(f'expected {want}, got {got}; resize the images to {self.img_size}x{self.img_size}, or create the model '
+                             f'for this size: create_model(name, img_size={x.shape[-1]}) (or with dynamic_img_size=True)')
+        if min(self.tokens_to_token.feat_size(x.shape[-2], x.shape[-1])) < 1:
+            side = next(s for s in range(1, 4096) if min(self.tokens_to_token.feat_size(s, s)) >= 1)
+            raise ValueError(f'an image of {x.shape[-2]}x{x.shape[-1]} leaves no token after the splits {self.tokens_to_token.schedule}; use at least {side}x{side}')
 
-    def forward_features(self, x):  # (B, C, H, W) -> (B, L+1, D)
-        if not is_tracing(): self.check_input(x)                                 # eager only: shapes, not values
-        x = self.tokens_to_token(x)                                               # (B, L, D)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)      # (B, L+1, D)
-        x = self.pos_drop(x + self.pos_embed)
-        for blk in self.blocks: x = blk(x)
+    def _embed(self, x) -> Tuple[torch.Tensor, int, int]:  # (B, C, H, W) -> (B, 1+h*w, D), h, w
+        if not torch.jit.is_scripting():
+            if not is_tracing(): self.check_input(x)                              # eager only: shapes, not values
+        h, w = self.tokens_to_token.feat_size(x.shape[-2], x.shape[-1])
+        x = self.tokens_to_token(x)                                               # (B, h*w, D); checkpoints its own T2T layers
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)      # (B, 1+h*w, D)
+        pos = resample_pos_table(self.pos_embed, h, w, self.tokens_to_token.grid) if self.dynamic_img_size else self.pos_embed
+        return self.pos_drop(x + pos), h, w
+
+    def forward_features(self, x):  # (B, C, H, W) -> (B, 1+h*w, D)
+        x, _, _ = self._embed(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting(): x = checkpoint_seq(self.blocks, x, use_reentrant=False)
+        else:
+            for blk in self.blocks: x = blk(x)
         return self.norm(x)
 
-    def forward_head(self, x, pre_logits:bool=False):  # (B, L+1, D) -> (B, num_classes)
+    def forward_head(self, x, pre_logits:bool=False):  # (B, 1+h*w, D) -> (B, num_classes)
         x = x[:, 0]                                                               # class token (B, D)
         return x if pre_logits else self.head(x)
 

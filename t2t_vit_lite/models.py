@@ -4,14 +4,18 @@
 
 # %% ../nbs/06_models.ipynb #e01d26da
 from __future__ import annotations
+import warnings
 import torch
 import torch.nn as nn
 import timm
 from timm.models import register_model, build_model_with_cfg, generate_default_cfgs
+from timm.models._features import FeatureGetterNet
+from timm.models._builder import pretrained_cfg_for_features
+from timm.models._registry import get_arch_name, _model_entrypoints
 from .backbone import T2TViT, count_params, count_macs
 
 # %% auto #0
-__all__ = ['VARIANTS', 'default_cfgs', 'list_models', 'create_model']
+__all__ = ['VARIANTS', 'FIRST_LAYER', 'default_cfgs', 'list_models', 'create_model']
 
 # %% ../nbs/06_models.ipynb #df8d80f8
 def _v(tokens_type, embed_dim, depth, num_heads, mlp_ratio):
@@ -34,18 +38,23 @@ VARIANTS = {  # name: T2TViT arguments (the official repository's names and hype
 }
 
 # %% ../nbs/06_models.ipynb #ebbf8414
-def _cfg(**kwargs):
+FIRST_LAYER = {'performer': 'tokens_to_token.attention1.kqv', 'transformer': 'tokens_to_token.attention1.attn.qkv',
+               'convolution': 'tokens_to_token.soft_split0', 'patch': 'tokens_to_token.project'}   # first weights on the pixels
+
+def _cfg(tokens_type, **kwargs):
     return dict(url='', num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=.9, interpolation='bicubic',
-                mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), first_conv='tokens_to_token.soft_split0',
+                mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), first_conv=FIRST_LAYER[tokens_type],
                 classifier='head', license='bsd-3-clause-clear', paper_ids='arXiv:2101.11986', **kwargs)
 
-default_cfgs = generate_default_cfgs({name: _cfg() for name in VARIANTS})
+default_cfgs = generate_default_cfgs({name: _cfg(v['tokens_type']) for name, v in VARIANTS.items()})
 
 _load_file = []   # the safe file loader for pretrained=True: chapter 07's load_checkpoint puts itself here (no import cycle)
 
-def _create(variant:str, pretrained:bool=False, **kwargs) -> T2TViT:
-    "Build `variant` through timm's builder; with `pretrained`, load the local file named in the pretrained cfg."
+def _create(variant:str, pretrained:bool=False, features_only:bool=False, out_indices=3, feature_cls:str='getter', **kwargs):
+    "Build `variant` through timm's builder with this package's cfg; load a local file; wrap for `features_only`."
+    if feature_cls != 'getter': raise ValueError(f"T2T-ViT feature maps come from forward_intermediates: feature_cls='getter', got {feature_cls!r}")
     kwargs = {**VARIANTS[variant], **kwargs}
+    kwargs['pretrained_cfg'] = kwargs.get('pretrained_cfg') or default_cfgs[variant].default   # ours, whatever timm's registry holds
     model = build_model_with_cfg(T2TViT, variant, pretrained=False, **kwargs)
     size, chans = model.img_size, model.in_chans
     model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, 'input_size': (chans, size, size), 'num_classes': model.num_classes}
@@ -54,7 +63,10 @@ def _create(variant:str, pretrained:bool=False, **kwargs) -> T2TViT:
         if not file: raise ValueError(f'no weights are hosted for {variant}: download the official file and pass '
                                       f"pretrained_cfg_overlay=dict(file='path/to/checkpoint.pth.tar')")
         _load_file[0](model, file)
-    return model
+    if not features_only: return model
+    features = FeatureGetterNet(model, out_indices=out_indices)
+    features.pretrained_cfg = features.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
+    return features
 
 def _entry_point(name):
     def fn(pretrained=False, **kwargs): return _create(name, pretrained, **kwargs)
@@ -62,8 +74,12 @@ def _entry_point(name):
     fn.__doc__ = f"{name}: T2T-ViT with {VARIANTS[name]}"
     return fn
 
+_taken = {n: _model_entrypoints[n].__module__ for n in VARIANTS if n in _model_entrypoints}   # claimed before us: left alone
 for _name in VARIANTS:
-    if _name not in timm.list_models(_name): globals()[_name] = register_model(_entry_point(_name))
+    if _name not in _taken: globals()[_name] = register_model(_entry_point(_name))
+if _taken:
+    warnings.warn(f'timm already registers {", ".join(sorted(_taken))} (from {", ".join(sorted(set(_taken.values())))}); '
+                  'timm.create_model builds those, t2t_vit_lite.create_model builds this package\'s models', stacklevel=2)
 
 # %% ../nbs/06_models.ipynb #02eb3935
 def list_models() -> list:
@@ -73,7 +89,7 @@ def list_models() -> list:
 def create_model(name:str,               # one of `list_models()`
                  pretrained:bool=False,   # load weights from pretrained_cfg_overlay=dict(file=...)
                  **kwargs) -> T2TViT:     # T2TViT arguments: img_size, num_classes, drop_path_rate, in_chans, ...
-    "Create a T2T-ViT variant by name (through timm, so that it carries its pretrained cfg)."
+    "Create this package's T2T-ViT variant by name (timm's builder and cfg, whatever else timm registers)."
     if name not in VARIANTS:
         raise ValueError(f'unknown model {name!r}; valid names: {", ".join(VARIANTS)}')
-    return timm.create_model(name, pretrained=pretrained, **kwargs)
+    return _create(name, pretrained, **{k: v for k, v in kwargs.items() if v is not None})   # None: the default, as in timm

@@ -8,9 +8,10 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 
 # %% auto #0
-__all__ = ['positive_random_features', 'performer_attention', 'TokenPerformer']
+__all__ = ['positive_random_features', 'performer_attention', 'performer_attention_fp32', 'TokenPerformer']
 
 # %% ../nbs/03_performer.ipynb #6fb8029c
 def positive_random_features(x:torch.Tensor, # (B, L, d) queries or keys
@@ -29,6 +30,15 @@ def performer_attention(q, k, v, w, eps:float=1e-8):
     return torch.einsum('blm,bdm->bld', qp, kv) / (den + eps)                 # (B, L, d)
 
 # %% ../nbs/03_performer.ipynb #b6879381
+@register_notrace_function   # one leaf for timm's torch.fx tools: the autocast switch is not traceable
+def performer_attention_fp32(q, k, v, w, eps:float=1e-8):
+    "`performer_attention` with autocast off (float32 inside), returned in v's dtype."
+    if not torch.jit.is_scripting():
+        if torch.amp.is_autocast_available(q.device.type):
+            with torch.autocast(q.device.type, enabled=False):
+                return performer_attention(q, k, v, w, eps).to(v.dtype)
+    return performer_attention(q, k, v, w, eps).to(v.dtype)
+
 class TokenPerformer(nn.Module):
     "The official T2T Performer layer: FAVOR+ attention from `dim` to `out_dim`, skip from v, then an MLP."
     def __init__(self, dim:int,              # input token width (C*k*k of the soft split)
@@ -50,8 +60,7 @@ class TokenPerformer(nn.Module):
 
     def single_attn(self, x):  # (B, L, dim) -> (B, L, emb)
         k, q, v = self.kqv(x).split(self.emb, dim=-1)
-        with torch.autocast(x.device.type, enabled=False):
-            y = performer_attention(q, k, v, self.w, self.epsilon).to(v.dtype)   # float32 inside
+        y = performer_attention_fp32(q, k, v, self.w, self.epsilon)   # float32 inside, v's dtype out
         return v + self.dp(self.proj(y))
 
     def forward(self, x):  # (B, L, dim) -> (B, L, out_dim)

@@ -45,8 +45,8 @@ class SoftSplit(nn.Unfold):
         return split_size(size, self.k, self.s, self.p)
 
     def forward(self, x):  # (B, C, H, W) -> (B, L, C*k*k): nn.Unfold's values, gathered in one copy
-        x = F.pad(x, (self.p,) * 4).unfold(2, self.k, self.s).unfold(3, self.k, self.s)   # (B, C, h, w, k, k), a view
-        return rearrange(x, 'b c h w i j -> b (h w) (c i j)')                             # (B, L, C*k*k)
+        x = F.pad(x, [self.p] * 4).unfold(2, self.k, self.s).unfold(3, self.k, self.s)   # (B, C, h, w, k, k), a view
+        return x.permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(1, 2)   # 'b c h w i j -> b (h w) (c i j)': (B, L, C*k*k)
 
 # %% ../nbs/01_soft_split.ipynb #acb33cc5
 def sample_image(size:int=224) -> torch.Tensor:

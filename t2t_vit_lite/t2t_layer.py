@@ -5,6 +5,7 @@
 # %% ../nbs/02_t2t_layer.ipynb #6cc5228d
 from __future__ import annotations
 import math
+from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -15,17 +16,20 @@ from timm.layers import Mlp, DropPath
 __all__ = ['tokens_to_image', 'image_to_tokens', 'Attention', 'TokenTransformer']
 
 # %% ../nbs/02_t2t_layer.ipynb #892e9c0e
-def tokens_to_image(x:torch.Tensor, # tokens (B, L, C) of a square h x w grid
+def tokens_to_image(x:torch.Tensor,        # tokens (B, L, C) of an h x w grid
+                    h:Optional[int]=None,  # grid rows; h = w = sqrt(L) when h or w is None
+                    w:Optional[int]=None,  # grid columns
                     ) -> torch.Tensor:
-    "Re-structurize tokens (B, L, C) into an image (B, C, h, w), h = w = sqrt(L)."
-    h = math.isqrt(x.shape[1])
-    if h * h != x.shape[1]: raise ValueError(f'{x.shape[1]} tokens do not form a square grid')
-    return rearrange(x, 'b (h w) c -> b c h w', h=h)  # (B, C, h, w)
+    "Re-structurize tokens (B, L, C) into an image (B, C, h, w), h = w = sqrt(L) unless given."
+    if h is None or w is None:
+        h = w = int(math.sqrt(x.shape[1]))
+        if h * w != x.shape[1]: raise ValueError(f'{x.shape[1]} tokens do not form a square grid; pass h and w')
+    return x.transpose(1, 2).unflatten(2, (h, w))  # 'b (h w) c -> b c h w': (B, C, h, w)
 
 def image_to_tokens(x:torch.Tensor, # image (B, C, H, W)
                     ) -> torch.Tensor:
     "Flatten an image (B, C, H, W) into tokens (B, H*W, C), row by row."
-    return rearrange(x, 'b c h w -> b (h w) c')  # (B, L, C)
+    return x.flatten(2).transpose(1, 2)  # 'b c h w -> b (h w) c': (B, L, C)
 
 # %% ../nbs/02_t2t_layer.ipynb #a4b9862c
 class Attention(nn.Module):
@@ -49,7 +53,7 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def split_heads(self, x):  # (B, L, dim) -> q, k, v, each (B, h, L, out_dim/h)
-        return rearrange(self.qkv(x), 'b l (three h d) -> three b h l d', three=3, h=self.num_heads).unbind(0)
+        return self.qkv(x).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)  # 'b l (three h d) -> three b h l d'
 
     def attention_weights(self, x):
         "The softmax attention weights (B, h, L, L), written out (for figures; `forward` never stores them)."
@@ -59,8 +63,8 @@ class Attention(nn.Module):
     def forward(self, x):  # (B, L, dim) -> (B, L, out_dim)
         q, k, v = self.split_heads(x)
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0., scale=self.scale)
-        y = self.proj_drop(self.proj(rearrange(y, 'b h l d -> b l (h d)')))   # (B, L, out_dim)
-        return rearrange(v, 'b h l d -> b l (h d)') + y if self.v_skip else y
+        y = self.proj_drop(self.proj(y.transpose(1, 2).flatten(2)))   # 'b h l d -> b l (h d)': (B, L, out_dim)
+        return v.transpose(1, 2).flatten(2) + y if self.v_skip else y
 
 # %% ../nbs/02_t2t_layer.ipynb #22967ec0
 class TokenTransformer(nn.Module):

@@ -5,8 +5,10 @@
 # %% ../nbs/04_t2t_module.ipynb #96ee8c62
 from __future__ import annotations
 from functools import partial
+from typing import Tuple
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 from einops import rearrange
 from .soft_split import SoftSplit, split_size, T2T_SCHEDULE
 from .t2t_layer import TokenTransformer, tokens_to_image, image_to_tokens
@@ -45,6 +47,12 @@ class Stem(nn.Module):
         self.sides = _grid_sides(img_size, schedule)   # grid side after each split
         self.grid = self.sides[-1]
         self.num_patches = self.grid ** 2
+        self.grad_checkpointing = False   # T2TModule: recompute each T2T layer in backward (chapter 05)
+
+    def feat_size(self, H:int, W:int) -> Tuple[int, int]:
+        "Token grid (h, w) this stem makes from an H x W image (any size: the splits are convolutions)."
+        for k, s, p in self.schedule: H, W = split_size(H, k, s, p), split_size(W, k, s, p)
+        return H, W
 
 # %% ../nbs/04_t2t_module.ipynb #0a54e16c
 class T2TModule(Stem):
@@ -63,10 +71,15 @@ class T2TModule(Stem):
         self.project = nn.Linear(token_dim * k2 * k2, embed_dim)
 
     def forward(self, x):  # (B, C, H, W) -> (B, L, embed_dim)
-        x = self.attention1(self.soft_split0(x))            # (B, L0, token_dim)
-        x = self.soft_split1(tokens_to_image(x))            # (B, L1, token_dim*k1*k1)
-        x = self.attention2(x)                              # (B, L1, token_dim)
-        x = self.soft_split2(tokens_to_image(x))            # (B, L2, token_dim*k2*k2)
+        h0, w0 = self.soft_split0.out_size(x.shape[-2]), self.soft_split0.out_size(x.shape[-1])   # grid after split 0
+        h1, w1 = self.soft_split1.out_size(h0), self.soft_split1.out_size(w0)                     # grid after split 1
+        x = self.soft_split0(x)                             # (B, L0, C*k0*k0), L0 = h0*w0
+        if self.grad_checkpointing and not torch.jit.is_scripting(): x = checkpoint(self.attention1, x, use_reentrant=False)
+        else: x = self.attention1(x)                        # (B, L0, token_dim)
+        x = self.soft_split1(tokens_to_image(x, h0, w0))    # (B, L1, token_dim*k1*k1)
+        if self.grad_checkpointing and not torch.jit.is_scripting(): x = checkpoint(self.attention2, x, use_reentrant=False)
+        else: x = self.attention2(x)                        # (B, L1, token_dim)
+        x = self.soft_split2(tokens_to_image(x, h1, w1))    # (B, L2, token_dim*k2*k2)
         return self.project(x)                              # (B, L2, embed_dim)
 
 class ConvStem(Stem):
