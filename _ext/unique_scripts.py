@@ -7,7 +7,7 @@ so a page built after notebook execution declares the constant twice and the bro
 def _unique(app, pagename, templatename, context, doctree):
     seen, kept = set(), []
     for js in context.get('script_files', []):
-        key = (str(js), repr(getattr(js, 'attributes', {})))
+        key = (getattr(js, 'filename', str(js)) or '', repr(sorted(getattr(js, 'attributes', {}).items())))   # None and '' both mean inline
         if key not in seen: seen.add(key); kept.append(js)
     context['script_files'] = kept
 
