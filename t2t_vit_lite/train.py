@@ -26,11 +26,12 @@ from .runtime import (tqdm, UsageError, SaveError, setup_distributed, add_amp_ar
 
 # %% auto #0
 __all__ = ['RECIPE', 'PRESETS', 'DEMO', 'EXIT_USAGE', 'EXIT_NONFINITE', 'EXIT_PREEMPTED', 'OWN_FLAGS', 'RUN_FILES', 'MUST_MATCH',
-           'REFUSED', 'SCHEDULE', 'NOT_COMPARED', 'preset_for', 'scaled_lr', 'get_parser', 'resolve_args',
+           'REFUSED', 'SCHEDULE', 'NOT_COMPARED', 'FUSED', 'preset_for', 'scaled_lr', 'get_parser', 'resolve_args',
            'check_model_kwargs', 'check_args', 'run_files', 'check_output', 'move_aside', 'write_args', 'TrainState',
            'find_checkpoint', 'check_resume', 'RunLog', 'Preemption', 'gather_rng', 'NonFiniteLoss', 'backward_step',
-           'train_one_epoch', 'build_data', 'complete_args', 'build_model', 'build_scheduler', 'build_state',
-           'save_epoch', 'save_preempted', 'start_run', 'validate', 'run', 'main', 'plot_curves']
+           'skips_on_device', 'ema_update', 'train_one_epoch', 'build_data', 'complete_args', 'build_model',
+           'build_scheduler', 'optimizer_kwargs', 'build_optimizer', 'build_state', 'save_epoch', 'save_preempted',
+           'start_run', 'validate', 'run', 'main', 'plot_curves']
 
 # %% ../nbs/09_train.ipynb #9556205e
 RECIPE = dict(epochs=310, warmup_epochs=5, drop=0., drop_path=0.1, model_ema_decay=0.99996, opt='adamw', min_lr=1e-5, warmup_lr=1e-6,
@@ -71,6 +72,8 @@ def get_parser():
     g('--lr', type=float, help='learning rate for --lr-base-batch (default: the recipe\'s, for its batch)')
     g('--lr-base-batch', type=int, help='total batch the --lr is meant for (default: the recipe\'s batch)')
     g('--weight-decay', type=float); g('--min-lr', type=float); g('--warmup-lr', type=float)
+    g('--opt', default=None, help="timm optimizer name (recipe: adamw)")
+    g('--opt-kwargs', type=json.loads, default=None, help='JSON of extra optimizer arguments, e.g. \'{"fused": true}\' (default on CUDA for adam/adamw/sgd: fused)')
     g('--clip-grad', type=float, default=None, help='clip the gradient norm to this value')
     g('--accum-steps', type=int, default=1, help='gradient accumulation steps')
     g = p.add_argument_group('regularisation').add_argument
@@ -88,6 +91,7 @@ def get_parser():
     g('--compile', action='store_true', help='torch.compile the model')
     g('--max-steps-per-epoch', type=int, default=None, help='cap the steps of each epoch (smoke tests)')
     g('--no-progress', action='store_true')
+    g('--log-interval', type=int, default=50, help='read the device\'s counters (loss, non-finite steps) once per this many updates: the only host sync of a step')
     add_amp_argument(p)
     return p
 
@@ -106,6 +110,7 @@ def resolve_args(args:argparse.Namespace) -> argparse.Namespace:
     if args.aa in ('none', ''): args.aa = None
     if args.no_aug: args.mixup = args.cutmix = args.reprob = 0.; args.aa = None
     args.model_kwargs = dict(args.model_kwargs or {})
+    if args.opt_kwargs is None: args.opt_kwargs = {}
     return args
 
 # %% ../nbs/09_train.ipynb #43ea189d
@@ -123,7 +128,7 @@ def check_model_kwargs(kwargs:dict):
 def check_args(args:argparse.Namespace, world:int):
     "Every check that needs neither data nor model: a UsageError naming the flag and the fix."
     if args.model not in VARIANTS: raise UsageError(f'unknown model {args.model!r}; valid names: {", ".join(VARIANTS)}')
-    for k in ('epochs', 'batch_size', 'accum_steps', 'lr_base_batch', 'max_nonfinite', 'img_size'):
+    for k in ('epochs', 'batch_size', 'accum_steps', 'lr_base_batch', 'max_nonfinite', 'img_size', 'log_interval'):
         if getattr(args, k) < 1: raise UsageError(f'{_flag(k)} {getattr(args, k)}: must be at least 1')
     if args.max_steps_per_epoch is not None and args.max_steps_per_epoch < 1:
         raise UsageError(f'--max-steps-per-epoch {args.max_steps_per_epoch}: must be at least 1 (leave it out for whole epochs)')
@@ -142,6 +147,7 @@ def check_args(args:argparse.Namespace, world:int):
                          f'use a multiple of {world * args.accum_steps}')
     if args.resume and args.overwrite: raise UsageError('--resume and --overwrite contradict each other: keep the run (--resume) or move it aside (--overwrite)')
     check_model_kwargs(args.model_kwargs)
+    if not isinstance(args.opt_kwargs, dict): raise UsageError(f'--opt-kwargs {json.dumps(args.opt_kwargs)}: must be a JSON object, e.g. \'{{"fused": true}}\'')
     if args.data is not None: split_dirs(args.data)
 
 # %% ../nbs/09_train.ipynb #954372ce
@@ -320,9 +326,14 @@ class Preemption:
 
     def requested(self, device) -> bool:
         "True on every rank when any rank received a stop signal."
+        if not dist.is_initialized(): return self.signal is not None       # one process: nothing to agree on, no device sync
+        return self.flag(device).item() > 0
+
+    def flag(self, device) -> torch.Tensor:
+        "1 on the device of every rank when any rank received a stop signal, else 0 (read it with the step's other counters)."
         flag = torch.tensor([1. if self.signal else 0.], device=device)
         if dist.is_initialized(): dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return flag.item() > 0
+        return flag
 
 def gather_rng() -> list:
     "Every rank's RNG states (a list indexed by rank, on every rank)."
@@ -333,27 +344,72 @@ def gather_rng() -> list:
 # %% ../nbs/09_train.ipynb #c8f1627c
 class NonFiniteLoss(RuntimeError): "Raised after too many non-finite losses in a row."
 
-def backward_step(loss, optimizer, scaler, parameters, clip_grad:float=None, update:bool=True):
-    "Backward (scaled by timm's NativeScaler for fp16) and, when `update`, the clipped optimizer step."
+def backward_step(loss, optimizer, scaler, parameters, clip_grad:float=None, update:bool=True, found_inf=None):
+    "Backward (scaled by timm's NativeScaler for fp16) and, when `update`, the clipped optimizer step, skipped on the device where the flag `found_inf` is 1."
     if scaler is not None: return scaler(loss, optimizer, clip_grad=clip_grad, parameters=parameters, need_update=update)
     loss.backward()
-    if update:
-        if clip_grad: torch.nn.utils.clip_grad_norm_(parameters, clip_grad)
-        optimizer.step()
+    if not update: return
+    if clip_grad: torch.nn.utils.clip_grad_norm_(parameters, clip_grad)
+    if found_inf is None: return optimizer.step()
+    optimizer.grad_scale, optimizer.found_inf = None, found_inf       # as torch's GradScaler hands it to a fused optimizer
+    try: optimizer.step()
+    finally: del optimizer.grad_scale, optimizer.found_inf
 
+def skips_on_device(optimizer, scaler=None) -> bool:
+    "True when `optimizer` can skip a step on the device (torch's fused Adam/AdamW/SGD take `found_inf`); else the host decides once per update."
+    return scaler is None and bool(getattr(optimizer, '_step_supports_amp_scaling', False))
+
+@torch.no_grad()
+def ema_update(ema, model, ok, step):
+    "timm's `ModelEmaV3.update(model, step)` for a device `step`, applied only where the device flag `ok` holds: no host sync."
+    s = (step - ema.update_after_step - 1).clamp(min=0).double()
+    decay = ((1 - (1 + s / ema.warmup_gamma) ** -ema.warmup_power).clamp(max=ema.decay).clamp(min=ema.min_decay) if ema.use_warmup
+             else torch.full_like(s, ema.decay))
+    w = (torch.where(s > 0, 1 - decay, 1.) * ok).float()                 # the model's share: 1 at the first update, 0 for a skipped one
+    lerp_e, lerp_m = [], []
+    for e, m in zip(ema.module.state_dict().values(), unwrap_model(model).state_dict().values()):
+        if e.is_floating_point() and e.dtype == m.dtype: lerp_e.append(e); lerp_m.append(m)
+        elif e.is_floating_point(): e.lerp_(m.to(e.dtype), w.to(e.dtype))
+        else: e.copy_(torch.where(ok, m, e))
+    if lerp_e: torch._foreach_lerp_(lerp_e, lerp_m, w)
+
+def _zero_grads_unless(parameters, ok):
+    "Every gradient set to 0 where the device flag `ok` is false (an accumulation that met a non-finite loss starts over)."
+    for p in parameters:
+        if p.grad is not None: p.grad.copy_(torch.where(ok, p.grad, 0.))
+
+# %% ../nbs/09_train.ipynb #e90c1a01
 def train_one_epoch(model, state:TrainState, loader, loss_fn, mixup, device, args, log=print, stop:Preemption=None, progress:bool=True) -> tuple:
-    "Train epoch `state.epoch` from batch `state.batch` on; returns (metrics, stopped): stopped after a step when `stop` asks."
-    model.train(); opt, accum = state.optimizer, args.accum_steps
-    p = state.partial or {}
-    sums = torch.tensor([p.get('loss_sum', 0.), p.get('images', 0), p.get('skipped', 0), p.get('nonfinite', 0)], dtype=torch.float64)
-    bad_in_row, stopped, t0 = 0, False, time.perf_counter() - p.get('time', 0.)
+    "Train epoch `state.epoch` from batch `state.batch` on; returns (metrics, stopped). The host waits for the device once per `args.log_interval` updates."
+    model.train(); opt, accum, every = state.optimizer, args.accum_steps, getattr(args, 'log_interval', 1)
+    p, on_device, ddp = state.partial or {}, skips_on_device(state.optimizer, state.scaler), dist.is_initialized()
+    sums = torch.tensor([p.get('loss_sum', 0.), p.get('images', 0), p.get('nonfinite', 0)], dtype=torch.float64, device=device)
+    step, in_row = torch.full((), state.step, device=device), torch.zeros((), dtype=torch.long, device=device)   # updates done; non-finite in a row
+    worst, last = torch.zeros_like(in_row), torch.zeros((), device=device)
+    h = argparse.Namespace(skipped=p.get('skipped', 0), nonfinite=int(p.get('nonfinite', 0)), updates=0)   # what the host knows
+    stopped, t0 = False, time.perf_counter() - p.get('time', 0.)
     limit = args.max_steps_per_epoch * accum if args.max_steps_per_epoch else None
     bar = tqdm(loader, desc=f'epoch {state.epoch}', disable=not progress, leave=False, dynamic_ncols=True)
+
+    def sync(i, agree_stop=False) -> bool:
+        "The one host sync: read the counters (and the ranks' stop flag), report non-finite losses, stop after --max-nonfinite in a row."
+        flags = [stop.flag(device).reshape(()).double()] if agree_stop else []
+        n_bad, w, step_, loss, *stop_ = torch.stack([sums[2], worst.double(), step.double(), last.double(), *flags]).tolist()
+        state.step = int(step_)
+        if n_bad > h.nonfinite:
+            log(f'warning: non-finite loss at step {state.step} or before (epoch {state.epoch}, batch {i}): {int(n_bad - h.nonfinite)} skipped '
+                f'since the last report, at most {int(w)} in a row'); h.nonfinite = int(n_bad)
+        if w >= args.max_nonfinite:
+            raise NonFiniteLoss(f'{int(w)} non-finite losses in a row (by step {state.step}); lower --lr, add --clip-grad, or use --amp bf16/none')
+        if progress: bar.set_postfix(loss=f'{loss:.3f}', lr=f'{opt.param_groups[0]["lr"]:.2e}')
+        return bool(stop_ and stop_[0] > 0)
+
     opt.zero_grad(set_to_none=True)
+    i = state.batch
     for i, (x, y, bad) in enumerate(bar, start=state.batch):
         if limit and i >= limit: break
         for path, why in bad: log(f'warning: skipped unreadable image {path} ({why})')
-        sums[2] += len(bad)
+        h.skipped += len(bad)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if mixup is not None and len(x) % 2: x, y = x[:-1], y[:-1]          # mixup pairs images: even batch
         if mixup is not None and len(x): x, y = mixup(x, y)
@@ -361,27 +417,28 @@ def train_one_epoch(model, state:TrainState, loader, loss_fn, mixup, device, arg
         with model.no_sync() if isinstance(model, DDP) and not last_micro else nullcontext():
             with autocast_for(device, args.amp):
                 loss = loss_fn(model(x), y) if len(x) else torch.zeros((), device=device, requires_grad=True)
-            finite = torch.tensor([float(torch.isfinite(loss).item())], device=device)
-            if dist.is_initialized(): dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            if finite.item() == 0:
-                bad_in_row += 1; sums[3] += 1; opt.zero_grad(set_to_none=True)
-                log(f'warning: non-finite loss at step {state.step} (epoch {state.epoch}, batch {i}), step skipped ({bad_in_row} in a row)')
-                if bad_in_row >= args.max_nonfinite:
-                    raise NonFiniteLoss(f'{bad_in_row} non-finite losses in a row (last at step {state.step}); lower --lr, add --clip-grad, or use --amp bf16/none')
-                continue
-            bad_in_row = 0
-            backward_step(loss / accum, opt, state.scaler, model.parameters(), args.clip_grad, update=last_micro)
-        sums[0] += loss.item() * len(x); sums[1] += len(x)
+            ok = torch.isfinite(loss.detach())
+            if last_micro and ddp: f = ok.float(); dist.all_reduce(f, op=dist.ReduceOp.MIN); ok = f > 0   # ranks agree, on the device
+            if last_micro and not on_device:                                 # an optimizer that cannot skip on the device
+                if ok.item(): backward_step(loss / accum, opt, state.scaler, model.parameters(), args.clip_grad)
+            else:
+                backward_step(loss / accum, opt, state.scaler, model.parameters(), args.clip_grad, update=last_micro,
+                              found_inf=(~ok).float() if last_micro else None)
+                if not last_micro: _zero_grads_unless(model.parameters(), ok)
+        sums[0] += torch.where(ok, loss.detach().double() * len(x), 0.); sums[1] += ok.double() * len(x); sums[2] += (~ok).double()
+        in_row = torch.where(ok, 0, in_row + 1); worst = torch.maximum(worst, in_row); last = loss.detach().float()
         if not last_micro: continue
+        step += ok.long()
+        if state.ema is not None: ema_update(state.ema, model, ok, step)
         opt.zero_grad(set_to_none=True)
-        state.step += 1; state.batch = i + 1
-        if state.ema is not None: state.ema.update(unwrap_model(model), step=state.step)
-        if progress: bar.set_postfix(loss=f'{loss.item():.3f}', lr=f'{opt.param_groups[0]["lr"]:.2e}')
-        if stop is not None and stop.requested(device): stopped = True; break
-    sums = sums.to(device)
-    if dist.is_initialized(): dist.all_reduce(sums)
+        state.batch, h.updates = i + 1, h.updates + 1
+        if h.updates % every == 0 and sync(i, agree_stop=stop is not None and ddp): stopped = True; break
+        if stop is not None and not ddp and stop.requested(device): stopped = True; break      # one process: no sync needed
+    sync(i)
+    totals = torch.cat([sums, torch.tensor([h.skipped], dtype=torch.float64, device=device)])
+    if ddp: dist.all_reduce(totals)
     dt = time.perf_counter() - t0
-    loss_sum, n, skipped, n_bad = sums.tolist()
+    loss_sum, n, n_bad, skipped = totals.tolist()
     return dict(train_loss=loss_sum / max(n, 1), images=int(n), skipped=int(skipped), nonfinite=int(n_bad), images_per_s=n / dt,
                 epoch_time=dt, loss_sum=loss_sum), stopped
 
@@ -430,9 +487,22 @@ def build_scheduler(optimizer, args):
     return create_scheduler_v2(optimizer, sched='cosine', num_epochs=args.epochs, warmup_epochs=args.warmup_epochs, min_lr=args.min_lr,
                                warmup_lr=args.warmup_lr, cooldown_epochs=0, updates_per_epoch=args.steps_per_epoch)[0]
 
+FUSED = ('adam', 'adamw', 'sgd', 'momentum', 'nesterov')      # timm names of torch optimizers with a fused kernel
+
+def optimizer_kwargs(args, device) -> dict:
+    "--opt-kwargs, plus `fused=True` on CUDA for the optimizers that have it (they skip a non-finite step on the device)."
+    kw = dict(args.opt_kwargs)
+    if device.type == 'cuda' and args.opt in FUSED and not {'fused', 'foreach'} & set(kw): kw['fused'] = True
+    return kw
+
+def build_optimizer(model, args, device):
+    "timm's optimizer the flags describe; a UsageError for arguments it does not take."
+    try: return create_optimizer_v2(model, opt=args.opt, lr=args.lr_used, weight_decay=args.weight_decay, **optimizer_kwargs(args, device))
+    except (TypeError, ValueError, AssertionError, RuntimeError) as e: raise UsageError(f'--opt {args.opt} / --opt-kwargs: {e}') from None
+
 def build_state(model, args, device) -> TrainState:
     "Optimizer, schedule, fp16 scaler and EMA around `model`."
-    optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr_used, weight_decay=args.weight_decay)
+    optimizer = build_optimizer(model, args, device)
     ema = None if args.no_ema else ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.data is None)
     return TrainState(model, ema, optimizer, build_scheduler(optimizer, args), NativeScaler(device.type) if args.amp == 'fp16' else None)
 

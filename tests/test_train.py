@@ -123,7 +123,7 @@ def test_mixed_precision_on_cpu_trains_with_finite_loss(data, tmp_path, amp):
 
 
 def test_non_finite_losses_stop_the_run_with_a_clear_message(data, tmp_path):
-    r = run(train_cmd(data, tmp_path / 'nan', '--epochs', 2, '-b', 8, '--warmup-epochs', 0, '--lr', 1e30, '--max-nonfinite', 2, '--no-ema'))
+    r = run(train_cmd(data, tmp_path / 'nan', '--epochs', 2, '-b', 8, '--warmup-epochs', 0, '--lr', 1e30, '--max-nonfinite', 2, '--no-ema', '--log-interval', 1))
     log = (tmp_path / 'nan' / 'log.txt').read_text()
     assert r.returncode == 3, r.stderr[-2000:]
     assert 'non-finite loss at step' in log and '2 non-finite losses in a row' in log
@@ -372,3 +372,144 @@ def test_sigterm_to_every_torchrun_worker_stops_them_after_the_same_step(data, t
     assert rc2 == 0, (tmp_path / 'relaunch.log').read_text()[-3000:]
     _same_weights(tmp_path / 'ref' / 'last.pth.tar', out / 'last.pth.tar')
     assert epochs_logged(out) == [0, 1, 2]
+
+
+# ---- the sync-free training step (issue 10): parity with the loop it replaced, and its host syncs counted ----
+
+def _pieces(data, *extra, ema_warmup=False):
+    "Model, TrainState, loader, loss and mixup of a tiny run, built as `run` builds them, in this process."
+    from t2t_vit_lite import train as T
+    args = T.resolve_args(T.get_parser().parse_args(_in_process(data, 'unused', '-b', 4, *extra)))
+    T.check_args(args, 1)
+    dev = torch.device('cpu')
+    d = T.build_data(args, 0, 1)
+    args = T.complete_args(args, d, 1, dev)
+    state = T.build_state(T.build_model(args, dev), args, dev)
+    if state.ema is not None: state.ema.use_warmup = ema_warmup
+    mixup = T.make_mixup(args.num_classes, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing)
+    return T, args, state, d, mixup
+
+
+def _nan_loss(T, args, mixup, nan_at):
+    "The run's loss function; its calls numbered in `nan_at` return NaN (an injected divergence)."
+    base = T.SoftTargetCrossEntropy() if mixup else T.nn.CrossEntropyLoss()
+    calls = [0]
+    def loss_fn(out, y):
+        calls[0] += 1
+        loss = base(out, y)
+        return loss * float('nan') if calls[0] in nan_at else loss
+    return loss_fn
+
+
+def _train(data, epoch_fn, *extra, nan_at=(), epochs=2, ema_warmup=True):
+    "Train `epochs` epochs with `epoch_fn` (the old loop or the new); returns (state, metrics of each epoch, error or None)."
+    T, args, state, d, mixup = _pieces(data, *extra, ema_warmup=ema_warmup)
+    loss_fn, rows, err = _nan_loss(T, args, mixup, set(nan_at)), [], None
+    try:
+        for epoch in range(epochs):
+            T.seed_epoch(args.seed, epoch + 1, 0)
+            d.train.sampler.set_epoch(epoch, start=0); d.train.generator.manual_seed(args.seed * 1009 + epoch)
+            state.scheduler.step(epoch)
+            tr, _ = epoch_fn(state.model, state, d.train, loss_fn, mixup, torch.device('cpu'), args, log=lambda m: None, progress=False)
+            rows.append({k: tr[k] for k in ('train_loss', 'images', 'nonfinite', 'skipped')})
+            state.epoch, state.batch = epoch + 1, 0
+    except T.NonFiniteLoss as e: err = str(e)
+    return state, rows, err
+
+
+def _assert_same_state(a, b):
+    for k, v in a.model.state_dict().items(): assert torch.equal(v, b.model.state_dict()[k]), k
+    for k, v in a.ema.module.state_dict().items(): assert torch.equal(v, b.ema.module.state_dict()[k]), ('ema', k)
+    sa, sb = a.optimizer.state_dict()['state'], b.optimizer.state_dict()['state']
+    for i in sa:
+        for k in sa[i]: assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k])), ('optimizer', i, k)
+    assert a.step == b.step
+
+
+@pytest.mark.parametrize('case', ['plain', 'accum_nan', 'fused_nan', 'fused_accum_nan_clip'])
+def test_sync_free_loop_equals_the_old_loop(data, case):
+    """The new epoch gives bit for bit the weights, EMA (with its warm-up, which counts steps), optimizer state, step
+    count and metrics of the loop it replaced (tests/reference_loop.py), with the paper's augmentation, Mixup and
+    drop-path on, also when NaN losses are injected (skipped micro-batches, skipped updates) and with gradient
+    accumulation; 'fused' runs the on-device skip (found_inf), the others the host's once-per-update decision."""
+    from reference_loop import old_train_one_epoch
+    from t2t_vit_lite.train import train_one_epoch
+    extra, nan_at = {'plain': ([], ()), 'accum_nan': (['--accum-steps', 2], (3, 6, 7, 12)),
+                     'fused_nan': (['--opt-kwargs', '{"fused": true}'], (2, 5)),
+                     'fused_accum_nan_clip': (['--opt-kwargs', '{"fused": true}', '--accum-steps', 2, '--clip-grad', 1.], (3, 6, 7, 12))}[case]
+    old = _train(data, old_train_one_epoch, *extra, nan_at=nan_at)
+    new = _train(data, train_one_epoch, *extra, '--log-interval', 3, nan_at=nan_at)
+    assert old[2] is None and new[2] is None
+    assert old[1] == new[1] and sum(r['nonfinite'] for r in new[1]) == len(nan_at)
+    assert new[0].step < 16 or not nan_at             # 16 updates in 2 epochs, some skipped
+    _assert_same_state(old[0], new[0])
+
+
+def test_the_parity_check_catches_a_changed_step(data):
+    "The comparison above is not blind: skipping one more update than the old loop makes it fail."
+    from reference_loop import old_train_one_epoch
+    from t2t_vit_lite.train import train_one_epoch
+    old = _train(data, old_train_one_epoch, nan_at=(2,), epochs=1)
+    new = _train(data, train_one_epoch, nan_at=(2, 5), epochs=1)
+    with pytest.raises(AssertionError): _assert_same_state(old[0], new[0])
+
+
+@pytest.mark.parametrize('opt_kwargs', ['{}', '{"fused": true}'])
+def test_non_finite_losses_in_a_row_stop_where_the_old_loop_stops(data, opt_kwargs):
+    "--max-nonfinite 3 and NaN from the 4th loss on: both loops stop with the same state and message; with a longer --log-interval the new one stops at its next sync."
+    from reference_loop import old_train_one_epoch
+    from t2t_vit_lite.train import train_one_epoch
+    args = ['--max-nonfinite', 3, '--opt-kwargs', opt_kwargs]
+    old = _train(data, old_train_one_epoch, *args, nan_at=range(4, 100))
+    new = _train(data, train_one_epoch, *args, '--log-interval', 1, nan_at=range(4, 100))
+    assert old[2].split(';')[0] == '3 non-finite losses in a row (last at step 3)' and new[2].startswith('3 non-finite losses in a row (by step 3)')
+    _assert_same_state(old[0], new[0])
+    late = _train(data, train_one_epoch, *args, '--log-interval', 5, nan_at=range(4, 100))
+    assert late[2].startswith('5 non-finite losses in a row (by step 3)'), late[2]
+    for k, v in old[0].model.state_dict().items(): assert torch.equal(v, late[0].model.state_dict()[k]), k   # skipped: nothing changed
+
+
+def _count_syncs(monkeypatch):
+    "Counters around every way the loops wait for the device or talk to other ranks."
+    import torch.distributed as dist
+    counts = dict(item=0, tolist=0, cpu=0, all_reduce=0)
+    def wrap(owner, name):
+        real = getattr(owner, name)
+        def counted(*a, **k):
+            if 'torch/utils/data' not in sys._getframe(1).f_code.co_filename: counts[name] += 1   # the loader seeds itself on the CPU
+            return real(*a, **k)
+        monkeypatch.setattr(owner, name, counted)
+    for name in ('item', 'tolist', 'cpu'): wrap(torch.Tensor, name)
+    wrap(dist, 'all_reduce')
+    return counts
+
+
+@pytest.mark.parametrize('accum', [1, 2])
+def test_host_syncs_and_all_reduces_per_step(data, monkeypatch, accum):
+    """One process in a gloo group of 1 (so every all-reduce path runs), one epoch, --log-interval 4 and the fused
+    AdamW (8 micro-batches here): the old loop waits for the device 3 times per micro-batch plus once per update (the preemption check) and
+    all-reduces twice per update; the new one reads the device once per 4 updates plus twice at the end of the epoch,
+    all-reduces one flag per update (none inside no_sync micro-batches), and ends with the same weights."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from reference_loop import old_train_one_epoch
+    from t2t_vit_lite.train import train_one_epoch, Preemption
+    dist.init_process_group('gloo', store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        counts, results = {}, {}
+        for name, fn in (('old', old_train_one_epoch), ('new', train_one_epoch)):
+            T, args, state, d, mixup = _pieces(data, '--opt-kwargs', '{"fused": true}', '--log-interval', 4, '--accum-steps', accum, '--no-ema')
+            T.seed_epoch(args.seed, 1, 0); d.train.sampler.set_epoch(0, start=0); d.train.generator.manual_seed(args.seed * 1009)
+            model, loss_fn = DDP(state.model), _nan_loss(T, args, mixup, ())
+            with monkeypatch.context() as m, Preemption() as stop:
+                c = _count_syncs(m)
+                fn(model, state, d.train, loss_fn, mixup, torch.device('cpu'), args, log=lambda s: None, stop=stop, progress=False)
+            counts[name], results[name] = c, state
+        micro = len(d.train); updates = micro // accum
+        assert counts['old'] == dict(item=3 * micro + updates, tolist=1, cpu=0, all_reduce=micro + updates + 1), counts
+        host_new = counts['new']['item'] + counts['new']['tolist'] + counts['new']['cpu']
+        assert host_new == updates // 4 + 2 and counts['new']['all_reduce'] == updates + updates // 4 + 1, counts
+        for k, v in results['old'].model.state_dict().items(): assert torch.equal(v, results['new'].model.state_dict()[k]), k
+        print(f"\nsyncs per update (accum {accum}): old {(3 * micro + updates + 1) / updates:.2f} host + {(micro + updates + 1) / updates:.2f} all-reduce; "
+              f"new {host_new / updates:.2f} host + {counts['new']['all_reduce'] / updates:.2f} all-reduce")
+    finally: dist.destroy_process_group()
