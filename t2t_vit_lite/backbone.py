@@ -10,12 +10,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import Mlp, DropPath, trunc_normal_
+from timm.models import checkpoint, checkpoint_seq
 from torch.utils.flop_counter import FlopCounterMode
 from .t2t_layer import Attention
 from .t2t_module import make_stem
 
 # %% auto #0
-__all__ = ['Block', 'get_sinusoid_encoding', 'is_tracing', 'T2TViT', 'count_params', 'count_macs']
+__all__ = ['Block', 'get_sinusoid_encoding', 'is_tracing', 'TimmControls', 'T2TViT', 'count_params', 'count_macs']
 
 # %% ../nbs/05_backbone.ipynb #8ff9e511
 class Block(nn.Module):
@@ -54,8 +55,27 @@ def is_tracing() -> bool:
     return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
             or torch.fx._symbolic_trace.is_fx_symbolic_tracing())
 
+# %% ../nbs/05_backbone.ipynb #7c0a11d2
+class TimmControls:
+    "timm's model controls that `T2TViT` inherits: gradient checkpointing, parameter groups, no-decay names."
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable:bool=True):
+        "Recompute the T2T module and every block during backward instead of storing their activations."
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse:bool=False) -> dict:
+        "timm's parameter groups: stem (T2T module, class token, positions), each block, then the final norm."
+        return dict(stem=r'^cls_token|^pos_embed|^tokens_to_token',
+                    blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))])
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        "Parameters kept out of weight decay."
+        return {'cls_token', 'pos_embed'}
+
 # %% ../nbs/05_backbone.ipynb #ae45dcc1
-class T2TViT(nn.Module):
+class T2TViT(TimmControls, nn.Module):
     "Tokens-to-Token ViT: T2T module, class token, sinusoid positions, deep-narrow ViT blocks, linear head."
     def __init__(self, img_size:int=224, tokens_type:str='performer', in_chans:int=3,
                  num_classes:int=1000,       # 0 gives a feature extractor (head = Identity)
@@ -79,6 +99,7 @@ class T2TViT(nn.Module):
         self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, proj_drop=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[i]) for i in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-5)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.grad_checkpointing = False
         trunc_normal_(self.cls_token, std=.02)
         self.apply(self._init_weights)
 
@@ -87,9 +108,6 @@ class T2TViT(nn.Module):
             trunc_normal_(m.weight, std=.02)
             if m.bias is not None: nn.init.zeros_(m.bias)
         elif isinstance(m, nn.LayerNorm): nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def no_weight_decay(self): return {'cls_token', 'pos_embed'}
 
     def get_classifier(self): return self.head
 
@@ -108,10 +126,13 @@ class T2TViT(nn.Module):
 
     def forward_features(self, x):  # (B, C, H, W) -> (B, L+1, D)
         if not is_tracing(): self.check_input(x)                                 # eager only: shapes, not values
-        x = self.tokens_to_token(x)                                               # (B, L, D)
+        ckpt = self.grad_checkpointing and not torch.jit.is_scripting()
+        x = checkpoint(self.tokens_to_token, x, use_reentrant=False) if ckpt else self.tokens_to_token(x)  # (B, L, D)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)      # (B, L+1, D)
         x = self.pos_drop(x + self.pos_embed)
-        for blk in self.blocks: x = blk(x)
+        if ckpt: x = checkpoint_seq(self.blocks, x, use_reentrant=False)
+        else:
+            for blk in self.blocks: x = blk(x)
         return self.norm(x)
 
     def forward_head(self, x, pre_logits:bool=False):  # (B, L+1, D) -> (B, num_classes)
