@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_train.ipynb #089b439e
 from __future__ import annotations
-import argparse, csv, inspect, json, math, os, shutil, signal, sys, threading, time
+import argparse, csv, inspect, json, math, os, shutil, signal, sys, threading, time, warnings
 from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,20 +18,20 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler, unwrap_model
 from .backbone import T2TViT
 from .models import create_model, VARIANTS
-from .checkpoints import read_checkpoint, CheckpointError
+from .checkpoints import read_checkpoint, extract_state_dict, load_checkpoint, CheckpointError
 from .data import (SafeImageFolder, ShardSampler, make_loader, split_dirs, class_folders, train_transform, eval_transform,
                                make_mixup, digits_folder, collate_skip, DEMO_AUG, PAPER_AUG, PAPER_MIXUP, DataError)
 from .runtime import (tqdm, UsageError, SaveError, setup_distributed, add_amp_argument, resolve_amp, autocast_for, seed_epoch,
                                   rng_state, set_rng_state, atomic_write, torch_save, clean_temp_files, evaluate)
 
 # %% auto #0
-__all__ = ['RECIPE', 'PRESETS', 'DEMO', 'EXIT_USAGE', 'EXIT_NONFINITE', 'EXIT_PREEMPTED', 'OWN_FLAGS', 'RUN_FILES', 'MUST_MATCH',
-           'REFUSED', 'SCHEDULE', 'NOT_COMPARED', 'FUSED', 'preset_for', 'scaled_lr', 'get_parser', 'resolve_args',
-           'check_model_kwargs', 'check_args', 'run_files', 'check_output', 'move_aside', 'write_args', 'TrainState',
-           'find_checkpoint', 'check_resume', 'RunLog', 'Preemption', 'gather_rng', 'NonFiniteLoss', 'backward_step',
-           'skips_on_device', 'ema_update', 'train_one_epoch', 'build_data', 'complete_args', 'build_model',
-           'build_scheduler', 'optimizer_kwargs', 'build_optimizer', 'build_state', 'save_epoch', 'save_preempted',
-           'start_run', 'validate', 'run', 'main', 'plot_curves']
+__all__ = ['RECIPE', 'PRESETS', 'DEMO', 'RECIPES', 'EXIT_USAGE', 'EXIT_NONFINITE', 'EXIT_PREEMPTED', 'OWN_FLAGS', 'RUN_FILES',
+           'MUST_MATCH', 'REFUSED', 'SCHEDULE', 'NOT_COMPARED', 'FUSED', 'preset_for', 'scaled_lr', 'get_parser',
+           'resolve_args', 'check_model_kwargs', 'check_args', 'run_files', 'check_output', 'move_aside', 'write_args',
+           'TrainState', 'find_checkpoint', 'check_resume', 'RunLog', 'Preemption', 'gather_rng', 'NonFiniteLoss',
+           'backward_step', 'skips_on_device', 'ema_update', 'train_one_epoch', 'build_data', 'complete_args',
+           'build_model', 'load_finetune', 'build_scheduler', 'optimizer_kwargs', 'build_optimizer', 'param_groups',
+           'build_state', 'save_epoch', 'save_preempted', 'start_run', 'validate', 'run', 'main', 'plot_curves']
 
 # %% ../nbs/09_train.ipynb #9556205e
 RECIPE = dict(epochs=310, warmup_epochs=5, drop=0., drop_path=0.1, model_ema_decay=0.99996, opt='adamw', min_lr=1e-5, warmup_lr=1e-6,
@@ -45,6 +45,19 @@ PRESETS = {  # family: total batch, lr (for that batch), weight decay
 DEMO = dict(model='t2t_vit_7', img_size=32, epochs=20, warmup_epochs=3, batch_size=64, lr=1e-3, weight_decay=0.05, drop_path=0.05,
             mixup=0., cutmix=0., reprob=0., aa=None, model_ema_decay=0.995, smoothing=0.1, workers=2,
             model_kwargs=dict(embed_dim=128, depth=4, num_heads=4, mlp_ratio=2., token_dim=32, schedule=((3, 2, 1), (3, 2, 1), (3, 1, 1))))
+RECIPES = {  # --recipe: the two published fine-tuning routes; every value is a flag default, so each can be overridden
+    'finetune384': dict(img_size=384,                        # official README: "use --img-size 384" for the 384-px T2T-ViT-14 (83.3%)
+                        weight_decay=5e-5,                   # official authors (yitu-opensource/T2T-ViT#44): only 1e-5 or 5e-5 when fine-tuning
+                        lr=5e-6, lr_base_batch=512, min_lr=5e-6, warmup_epochs=0,   # no official value: the constant small lr of
+                        epochs=30),                          #   LV-ViT's 384-px fine-tune script; 30 epochs is our short schedule
+    'transfer': dict(img_size=224, opt='momentum',          # official README, section 5 (CIFAR resized to 224); transfer_learning.py: SGD, momentum 0.9
+                     lr=0.05, lr_base_batch=64,              # README's command: --lr 0.05 --b 64
+                     weight_decay=5e-4, min_lr=2e-4, drop_path=0.1,   # transfer_learning.py defaults (--wd, --min-lr, --drop-path)
+                     epochs=60, warmup_epochs=0,             # paper Sec. 4.1 "60 epochs ... SGD ... cosine"; the script's 60-epoch CosineAnnealingLR
+                     transfer_ratio=0.01,                    # transfer_learning.py --transfer-ratio: T2T module and blocks at 0.01 x lr
+                     mixup=0., cutmix=0., reprob=0., aa=None, smoothing=0.,   # the script: crop and flip only, plain cross-entropy
+                     model_ema_decay=0.9998),                # no EMA there; ours, short enough for a 60-epoch run
+}
 EXIT_USAGE, EXIT_NONFINITE, EXIT_PREEMPTED = 2, 3, 75   # 75 = EX_TEMPFAIL: "try again" (with --resume auto)
 
 def preset_for(model:str) -> dict:
@@ -66,6 +79,11 @@ def get_parser():
     g('--model', default=None, help=f'one of {", ".join(VARIANTS)} (default: t2t_vit_14, or the demo model without --data)')
     g('--img-size', type=int, default=None); g('--num-classes', type=int, default=None, help='default: the number of class folders')
     g('--model-kwargs', type=json.loads, default=None, help='JSON of extra T2TViT arguments, e.g. \'{"depth": 4}\'')
+    g('--finetune', default=None, metavar='FILE', help='start a new run from these weights (official, mmpretrain, ours, safetensors; EMA preferred): '
+      'head reset for another class count, position table resampled for another --img-size; no optimizer state (that is --resume)')
+    g('--recipe', default=None, choices=sorted(RECIPES), help='fine-tuning presets: finetune384 (224 -> 384 px), transfer (the paper\'s CIFAR transfer); flags override them')
+    g('--grad-checkpointing', action='store_true', help='recompute the T2T module and blocks in backward (less activation memory, more compute)')
+    g('--channels-last', action='store_true', help='model and images in channels-last memory format')
     g = p.add_argument_group('schedule and optimizer').add_argument
     g('--epochs', type=int); g('--warmup-epochs', type=int)
     g('-b', '--batch-size', type=int, help='total batch over all processes (recipe: 1024 for 7/10/12, 512 otherwise)')
@@ -75,19 +93,25 @@ def get_parser():
     g('--opt', default=None, help="timm optimizer name (recipe: adamw)")
     g('--opt-kwargs', type=json.loads, default=None, help='JSON of extra optimizer arguments, e.g. \'{"fused": true}\' (default on CUDA for adam/adamw/sgd: fused)')
     g('--clip-grad', type=float, default=None, help='clip the gradient norm to this value')
+    g('--layer-decay', type=float, default=None, help="timm's layer-wise lr decay (e.g. 0.75): each block's lr x decay^(depth - block), by the model's group_matcher")
+    g('--transfer-ratio', type=float, default=None, help='lr of the T2T module, tokens and blocks as a fraction of the head\'s (official transfer: 0.01)')
+    g('--sched-on-updates', action='store_true', help='warmup and cosine decay per optimizer update (default: per epoch, as the official recipe)')
     g('--accum-steps', type=int, default=1, help='gradient accumulation steps')
     g = p.add_argument_group('regularisation').add_argument
     g('--smoothing', type=float); g('--drop', type=float); g('--drop-path', type=float)
     g('--mixup', type=float); g('--cutmix', type=float); g('--reprob', type=float); g('--aa', type=str, help="RandAugment spec, 'none' to disable")
     g('--no-aug', action='store_true', help='train on the eval transform (no augmentation, no mixup): for tests')
     g('--model-ema-decay', type=float); g('--no-ema', action='store_true')
+    g = p.add_argument_group('data loading').add_argument
+    g('--workers', type=int, help='loader processes per rank, for training and validation (kept alive between epochs)')
+    g('--pin-mem', action=argparse.BooleanOptionalAction, default=None, help='page-locked batches for faster copies to the GPU (default: on with CUDA)')
     g = p.add_argument_group('run').add_argument
     g('--output', default=None, help='run folder (default: runs/<model>)')
     g('--resume', default='', help="'auto' (the newest checkpoint of --output that loads), a checkpoint path, or '' for a new run")
     g('--overwrite', action='store_true', help='start a new run in a folder that holds one: its files move into old-<time>/')
     g('--keep-last', type=int, default=2, help='keep this many epoch checkpoints (checkpoint-<epoch>.pth.tar) besides last and best')
     g('--max-nonfinite', type=int, default=5, help='stop after this many non-finite losses in a row')
-    g('--seed', type=int, default=0); g('--workers', type=int); g('--device', default=None, choices=['cpu', 'cuda'])
+    g('--seed', type=int, default=0); g('--device', default=None, choices=['cpu', 'cuda'])
     g('--compile', action='store_true', help='torch.compile the model')
     g('--max-steps-per-epoch', type=int, default=None, help='cap the steps of each epoch (smoke tests)')
     g('--no-progress', action='store_true')
@@ -103,6 +127,7 @@ def resolve_args(args:argparse.Namespace) -> argparse.Namespace:
     if args.model is None: args.model = base.get('model', 't2t_vit_14')
     if not demo and args.model in VARIANTS: base.update(preset_for(args.model), workers=8)
     elif args.model != DEMO['model']: base['model_kwargs'] = {}
+    if args.recipe: base.update(RECIPES[args.recipe])
     for k, v in base.items():
         if getattr(args, k, None) is None: setattr(args, k, v)
     if args.lr_base_batch is None: args.lr_base_batch = base.get('batch_size', PRESETS['medium']['batch_size'])
@@ -147,6 +172,13 @@ def check_args(args:argparse.Namespace, world:int):
                          f'use a multiple of {world * args.accum_steps}')
     if args.resume and args.overwrite: raise UsageError('--resume and --overwrite contradict each other: keep the run (--resume) or move it aside (--overwrite)')
     check_model_kwargs(args.model_kwargs)
+    for k in ('layer_decay', 'transfer_ratio'):
+        v = getattr(args, k)
+        if v is not None and not (0 < v <= 1): raise UsageError(f'{_flag(k)} {v}: must be above 0 and at most 1')
+    if args.layer_decay is not None and args.transfer_ratio not in (None, 1):
+        raise UsageError('--layer-decay and --transfer-ratio both scale the backbone\'s lr: choose one')
+    if args.finetune is not None and not Path(args.finetune).is_file():
+        raise UsageError(f'--finetune {args.finetune}: no such checkpoint file; give the path of a .pth/.pth.tar/.safetensors file')
     if not isinstance(args.opt_kwargs, dict): raise UsageError(f'--opt-kwargs {json.dumps(args.opt_kwargs)}: must be a JSON object, e.g. \'{{"fused": true}}\'')
     if args.data is not None: split_dirs(args.data)
 
@@ -411,6 +443,7 @@ def train_one_epoch(model, state:TrainState, loader, loss_fn, mixup, device, arg
         for path, why in bad: log(f'warning: skipped unreadable image {path} ({why})')
         h.skipped += len(bad)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if args.channels_last: x = x.contiguous(memory_format=torch.channels_last)
         if mixup is not None and len(x) % 2: x, y = x[:-1], y[:-1]          # mixup pairs images: even batch
         if mixup is not None and len(x): x, y = mixup(x, y)
         last_micro = (i + 1) % accum == 0
@@ -432,6 +465,7 @@ def train_one_epoch(model, state:TrainState, loader, loss_fn, mixup, device, arg
         if state.ema is not None: ema_update(state.ema, model, ok, step)
         opt.zero_grad(set_to_none=True)
         state.batch, h.updates = i + 1, h.updates + 1
+        if args.sched_on_updates: state.scheduler.step_update(state.epoch * args.steps_per_epoch + state.batch // accum)
         if h.updates % every == 0 and sync(i, agree_stop=stop is not None and ddp): stopped = True; break
         if stop is not None and not ddp and stop.requested(device): stopped = True; break      # one process: no sync needed
     sync(i)
@@ -455,9 +489,10 @@ def build_data(args, rank:int, world:int) -> argparse.Namespace:
     tf = eval_transform(args.img_size) if args.no_aug else train_transform(args.img_size, **aug)
     train_ds, val_ds = SafeImageFolder(train_dir, transform=tf), SafeImageFolder(val_dir, transform=eval_transform(args.img_size))
     per_rank = args.batch_size // (world * args.accum_steps)
-    train_dl = make_loader(train_ds, per_rank, train=True, workers=args.workers, seed=args.seed, world=world, rank=rank)
-    val_dl = torch.utils.data.DataLoader(val_ds, batch_size=max(per_rank, 32), sampler=ShardSampler(len(val_ds), rank, world),
-                                         num_workers=args.workers, collate_fn=collate_skip)
+    pin = torch.cuda.is_available() if args.pin_mem is None else args.pin_mem
+    train_dl = make_loader(train_ds, per_rank, train=True, workers=args.workers, seed=args.seed, world=world, rank=rank, pin_memory=pin)
+    val_dl = torch.utils.data.DataLoader(val_ds, batch_size=max(per_rank, 32), sampler=ShardSampler(len(val_ds), rank, world), num_workers=args.workers,
+                                         collate_fn=collate_skip, pin_memory=pin, persistent_workers=args.workers > 0)
     return argparse.Namespace(root=root, train=train_dl, val=val_dl, classes=list(train_ds.classes), n_train=len(train_ds), per_rank=per_rank)
 
 def complete_args(args, data, world:int, device) -> argparse.Namespace:
@@ -475,17 +510,35 @@ def complete_args(args, data, world:int, device) -> argparse.Namespace:
                                  'steps_per_epoch': min(steps, args.max_steps_per_epoch or steps)})
 
 def build_model(args, device):
-    "The model the flags describe (same initial weights on every rank)."
+    "The model the flags describe (same initial weights on every rank), with gradient checkpointing and memory format set."
     seed_epoch(args.seed, 0, 0)
     try: model = create_model(args.model, img_size=args.img_size, num_classes=args.num_classes, drop_rate=args.drop,
                               drop_path_rate=args.drop_path, **args.model_kwargs)
     except (ValueError, TypeError) as e: raise UsageError(f'--img-size {args.img_size} / --model-kwargs: {e}') from None
-    return model.to(device)
+    if args.grad_checkpointing: model.set_grad_checkpointing(True)
+    return model.to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
+
+def load_finetune(model, path) -> str:
+    "Load the weights of `path` (any layout `load_checkpoint` reads, EMA preferred) into `model`; returns the log line saying what happened."
+    try:
+        sd, where = extract_state_dict(read_checkpoint(path), use_ema=True, path=path)
+        own, notes = model.state_dict(), []
+        if 'head.weight' in sd and sd['head.weight'].shape != own['head.weight'].shape:
+            notes.append(f'head reset ({sd["head.weight"].shape[0]} classes in the file, {own["head.weight"].shape[0]} here)')
+        if 'pos_embed' in sd and sd['pos_embed'].shape[1] != own['pos_embed'].shape[1]:
+            g, G = (round((t.shape[1] - 1) ** .5) for t in (sd['pos_embed'], own['pos_embed']))
+            notes.append(f'position table resampled ({g}x{g} -> {G}x{G} tokens)')
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore'); info = load_checkpoint(model, path, use_ema=True, strict=True)
+    except (CheckpointError, OSError) as e: raise UsageError('--finetune: ' + '; '.join(l.strip() for l in str(e).splitlines())) from None
+    return (f'--finetune {path}: loaded {info["loaded"]} tensors from {where}; ' + '; '.join(notes or ['nothing reset or resampled'])
+            + '; optimizer, schedule and step start fresh')
 
 def build_scheduler(optimizer, args):
-    "The per-epoch cosine schedule with warmup that the flags describe."
+    "The cosine schedule with warmup that the flags describe, stepped per epoch (or per update with --sched-on-updates)."
     return create_scheduler_v2(optimizer, sched='cosine', num_epochs=args.epochs, warmup_epochs=args.warmup_epochs, min_lr=args.min_lr,
-                               warmup_lr=args.warmup_lr, cooldown_epochs=0, updates_per_epoch=args.steps_per_epoch)[0]
+                               warmup_lr=args.warmup_lr, cooldown_epochs=0, updates_per_epoch=args.steps_per_epoch,
+                               step_on_epochs=not args.sched_on_updates)[0]
 
 FUSED = ('adam', 'adamw', 'sgd', 'momentum', 'nesterov')      # timm names of torch optimizers with a fused kernel
 
@@ -497,8 +550,20 @@ def optimizer_kwargs(args, device) -> dict:
 
 def build_optimizer(model, args, device):
     "timm's optimizer the flags describe; a UsageError for arguments it does not take."
-    try: return create_optimizer_v2(model, opt=args.opt, lr=args.lr_used, weight_decay=args.weight_decay, **optimizer_kwargs(args, device))
+    try: return create_optimizer_v2(param_groups(model, args), opt=args.opt, lr=args.lr_used, weight_decay=args.weight_decay,
+                                    layer_decay=args.layer_decay, **optimizer_kwargs(args, device))
     except (TypeError, ValueError, AssertionError, RuntimeError) as e: raise UsageError(f'--opt {args.opt} / --opt-kwargs: {e}') from None
+
+def param_groups(model, args):
+    "The model (timm groups it, with --layer-decay), or with --transfer-ratio four groups: body/head x decay/no decay, the body's lr scaled."
+    if args.transfer_ratio in (None, 1): return model
+    no_wd, groups = model.no_weight_decay(), {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad: continue
+        head, decay = name.startswith('head.'), not (p.ndim <= 1 or name.endswith('.bias') or name in no_wd)
+        g = groups.setdefault((head, decay), dict(params=[], weight_decay=args.weight_decay if decay else 0., lr_scale=1. if head else args.transfer_ratio))
+        g['params'].append(p)
+    return list(groups.values())
 
 def build_state(model, args, device) -> TrainState:
     "Optimizer, schedule, fp16 scaler and EMA around `model`."
@@ -555,8 +620,9 @@ def start_run(argv, rank:int, world:int, device) -> tuple:
     check_output(out, args.resume, args.overwrite)
     data = build_data(args, rank, world)
     args = complete_args(args, data, world, device)
-    state = build_state(build_model(args, device), args, device)
-    ck_path, ck, skipped = find_checkpoint(out, args.resume)
+    model, ck_path, ck, skipped = build_model(args, device), *find_checkpoint(out, args.resume)
+    tuned = load_finetune(model, args.finetune) if args.finetune and ck is None else None   # before the EMA copies the model
+    state = build_state(model, args, device)
     changes = check_resume(ck, args, data.classes) if ck is not None else {}
     if dist.is_initialized(): dist.barrier()                          # every rank has checked the folder before rank 0 changes it
     moved = move_aside(out) if rank == 0 and args.overwrite and run_files(out) else None
@@ -577,6 +643,8 @@ def start_run(argv, rank:int, world:int, device) -> tuple:
         other = {k: v for k, v in changes.items() if k not in SCHEDULE}
         if other: log('other flags changed on resume: ' + ', '.join(f'{_flag(k)} {a} -> {b}' for k, (a, b) in other.items()))
     elif args.resume == 'auto': log(f'--resume auto: no checkpoint in {out}, starting a new run')
+    if tuned: log(tuned)
+    elif args.finetune: log(f'--finetune {args.finetune}: not loaded, the run resumes from its own checkpoint')
     return args, data, state, log, out
 
 def validate(state:TrainState, data, device, args, log) -> tuple:
@@ -609,6 +677,7 @@ def run(argv=None) -> dict:
                 if state.batch and state.rng: set_rng_state(state.rng)          # inside an epoch: the exact RNG states
                 data.train.sampler.set_epoch(epoch, start=state.batch * data.per_rank); data.train.generator.manual_seed(args.seed * 1009 + epoch)
                 state.scheduler.step(epoch)
+                if args.sched_on_updates: state.scheduler.step_update(epoch * args.steps_per_epoch + state.batch // args.accum_steps)
                 tr, stopped = train_one_epoch(model, state, data.train, loss_fn, mixup, device, args, log, stop, progress=rank == 0 and not args.no_progress)
                 if stopped:
                     state.partial = dict(loss_sum=tr['loss_sum'], images=tr['images'], skipped=tr['skipped'], nonfinite=tr['nonfinite'], time=tr['epoch_time'])
@@ -636,7 +705,8 @@ def run(argv=None) -> dict:
         log(f't2t-train: error: {e}'); log.close(); _exit(EXIT_USAGE, e, rank)
     if rank == 0 and (out / 'metrics.csv').exists(): plot_curves(out / 'metrics.csv', out / 'curves.png')
     best = f'best EMA top-1 {state.best:.2f}%' if state.best is not None else 'no best EMA top-1 recorded'
-    log(f'done: {best}\n  checkpoint: {out / "model_best.pth.tar"} (last: {out / "last.pth.tar"}, epochs kept: --keep-last {args.keep_last})\n'
+    ckpt = out / 'model_best.pth.tar' if (out / 'model_best.pth.tar').exists() else out / 'last.pth.tar'
+    log(f'done: {best}\n  checkpoint: {ckpt} (last: {out / "last.pth.tar"}, epochs kept: --keep-last {args.keep_last})\n'
         f'  logs: {out / "log.txt"}, {out / "metrics.csv"}, {out / "tensorboard"}\n  curves: {out / "curves.png"}')
     log.close()
     if dist.is_initialized(): dist.destroy_process_group()

@@ -513,3 +513,72 @@ def test_host_syncs_and_all_reduces_per_step(data, monkeypatch, accum):
         print(f"\nsyncs per update (accum {accum}): old {(3 * micro + updates + 1) / updates:.2f} host + {(micro + updates + 1) / updates:.2f} all-reduce; "
               f"new {host_new / updates:.2f} host + {counts['new']['all_reduce'] / updates:.2f} all-reduce")
     finally: dist.destroy_process_group()
+
+
+# ---- fine-tuning and transfer from the command line (issue 10) ----
+
+def test_finetune_to_other_classes_and_size_then_eval_at_its_own_size(data, tmp_path):
+    """A 4-class run at 16 px, fine-tuned (--recipe transfer) on 3 classes at 24 px: the log says the EMA weights were
+    loaded, the head reset and the position table resampled; the transfer recipe's body lr is 0.01 x the head's;
+    t2t-eval then evaluates the new checkpoint at 24 px with no size flag."""
+    import json, shutil
+    src = tmp_path / 'src'
+    assert run(train_cmd(data, src, '--epochs', 1, '-b', 8, '--warmup-epochs', 0)).returncode == 0
+    three = tmp_path / 'three'; shutil.copytree(data, three)
+    for split in ('train', 'val'): shutil.rmtree(three / split / '3')
+    out = tmp_path / 'ft'
+    cmd = [a if a != '16' else '24' for a in train_cmd(three, out, '--epochs', 1, '-b', 8, '--finetune', src / 'last.pth.tar', '--recipe', 'transfer')]
+    r = run(cmd)
+    assert r.returncode == 0, r.stderr[-2000:]
+    log = (out / 'log.txt').read_text()
+    assert (f'--finetune {src / "last.pth.tar"}: loaded 39 tensors from state_dict_ema; head reset (4 classes in the file, 3 here); '
+            'position table resampled (4x4 -> 6x6 tokens); optimizer, schedule and step start fresh') in log, log
+    ck = torch.load(out / 'last.pth.tar', weights_only=False)
+    lrs = {g['lr_scale']: g['lr'] for g in ck['optimizer']['param_groups']}
+    assert set(lrs) == {1., 0.01} and abs(lrs[0.01] / lrs[1.] - 0.01) < 1e-12, lrs
+    assert ck['args'].opt == 'momentum' and ck['args'].weight_decay == 5e-4 and ck['args'].epochs == 1   # the recipe, --epochs overriding it
+    r = run([_script('t2t-eval'), '--checkpoint', str(out / 'last.pth.tar'), '--data', str(three), '--workers', '0', '--json'])
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res['img_size'] == 24 and res['images'] == 6
+
+
+@pytest.mark.parametrize('case', ['missing', 'corrupt', 'other_model'])
+def test_finetune_bad_file_exits_2_with_one_line(data, tmp_path, case):
+    import json
+    bad = tmp_path / 'w.pth.tar'
+    if case == 'corrupt': bad.write_bytes(b'not a checkpoint')
+    if case == 'other_model':
+        from t2t_vit_lite import create_model
+        torch.save({'state_dict': create_model('t2t_vit_7', img_size=16, num_classes=4, embed_dim=48, depth=1, num_heads=2, token_dim=8).state_dict()}, bad)
+    r = run(train_cmd(data, tmp_path / 'out', '--epochs', 1, '-b', 8, '--finetune', bad))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith('t2t-train: error: --finetune'), r.stderr[-2000:]
+    assert {'missing': 'no such checkpoint file', 'corrupt': 'not a PyTorch checkpoint', 'other_model': 'does not fit the model'}[case] in lines[0]
+
+
+def test_recipes_fill_defaults_and_flags_override_them():
+    from t2t_vit_lite.train import get_parser, resolve_args, check_args, RECIPES
+    from t2t_vit_lite.runtime import UsageError
+    a = resolve_args(get_parser().parse_args(['--data', 'x', '--model', 't2t_vit_14', '--recipe', 'finetune384']))
+    assert (a.img_size, a.weight_decay, a.lr, a.lr_base_batch, a.warmup_epochs) == (384, 5e-5, 5e-6, 512, 0)
+    a = resolve_args(get_parser().parse_args(['--data', 'x', '--recipe', 'transfer', '--lr', '0.1', '--transfer-ratio', '0.1', '--epochs', '3']))
+    assert (a.lr, a.transfer_ratio, a.epochs, a.opt, a.min_lr, a.mixup) == (0.1, 0.1, 3, 'momentum', 2e-4, 0.)
+    for argv, msg in ((['--layer-decay', '1.5'], '--layer-decay 1.5: must be above 0 and at most 1'),
+                      (['--layer-decay', '0.7', '--transfer-ratio', '0.1'], 'choose one'), (['--log-interval', '0'], '--log-interval 0: must be at least 1'),
+                      (['--opt-kwargs', '[1]'], '--opt-kwargs [1]: must be a JSON object')):
+        with pytest.raises(UsageError, match=msg.replace('[', r'\[').replace(']', r'\]')): check_args(resolve_args(get_parser().parse_args(argv)), 1)
+
+
+def test_layer_decay_sched_on_updates_grad_checkpointing_and_channels_last_train(data, tmp_path):
+    "The other training flags in one tiny run: timm's layer-decay groups exist, the lr moves every update during warmup."
+    out = tmp_path / 'flags'
+    r = run(train_cmd(data, out, '--epochs', 2, '-b', 8, '--warmup-epochs', 1, '--layer-decay', 0.5, '--sched-on-updates', '--grad-checkpointing',
+                      '--channels-last', '--opt', 'adamw', '--opt-kwargs', '{"betas": [0.9, 0.95]}', '--log-interval', 2, '--pin-mem'))
+    assert r.returncode == 0, r.stderr[-2000:]
+    ck = torch.load(out / 'last.pth.tar', weights_only=False)
+    scales = sorted({round(g['lr_scale'], 6) for g in ck['optimizer']['param_groups']})
+    assert scales == [0.25, 0.5, 1.0], scales          # timm's layers: stem, block 0, then final norm and head: 0.5^(2 - layer id)
+    assert ck['optimizer']['param_groups'][0]['betas'] == [0.9, 0.95] or ck['optimizer']['param_groups'][0]['betas'] == (0.9, 0.95)
+    rows = list(csv.DictReader(open(out / 'metrics.csv')))
+    assert float(rows[0]['lr']) != float(rows[1]['lr'])
