@@ -171,11 +171,12 @@ def ignore_stop_signals(worker_id:int=0):
 
 def make_loader(dataset, batch_size:int, train:bool, workers:int=2, seed:int=0,
                 world:int=None,    # number of processes: a ResumableSampler for `rank` when given (also for 1)
-                rank:int=0, drop_last:bool=None):
+                rank:int=0, drop_last:bool=None,
+                pin_memory:bool=None):  # page-locked batches (default: when CUDA is available)
     "DataLoader with `collate_skip`; with `world`, a `ResumableSampler` (shuffled for training) for this rank's shard."
     sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=seed, drop_last=False) if world else None
     g = torch.Generator(); g.manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler, num_workers=workers,
                       collate_fn=collate_skip, drop_last=train if drop_last is None else drop_last, generator=g,
-                      persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=workers > 0, pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
                       worker_init_fn=ignore_stop_signals if workers > 0 else None)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_train.ipynb #089b439e
 from __future__ import annotations
-import argparse, csv, inspect, json, math, os, shutil, signal, sys, threading, time
+import argparse, csv, inspect, json, math, os, shutil, signal, sys, threading, time, warnings
 from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,19 +18,20 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler, unwrap_model
 from .backbone import T2TViT
 from .models import create_model, VARIANTS
-from .checkpoints import read_checkpoint, CheckpointError
+from .checkpoints import read_checkpoint, extract_state_dict, load_checkpoint, CheckpointError
 from .data import (SafeImageFolder, ShardSampler, make_loader, split_dirs, class_folders, train_transform, eval_transform,
                                make_mixup, digits_folder, collate_skip, DEMO_AUG, PAPER_AUG, PAPER_MIXUP, DataError)
 from .runtime import (tqdm, UsageError, SaveError, setup_distributed, add_amp_argument, resolve_amp, autocast_for, seed_epoch,
                                   rng_state, set_rng_state, atomic_write, torch_save, clean_temp_files, evaluate)
 
 # %% auto #0
-__all__ = ['RECIPE', 'PRESETS', 'DEMO', 'EXIT_USAGE', 'EXIT_NONFINITE', 'EXIT_PREEMPTED', 'OWN_FLAGS', 'RUN_FILES', 'MUST_MATCH',
-           'REFUSED', 'SCHEDULE', 'NOT_COMPARED', 'preset_for', 'scaled_lr', 'get_parser', 'resolve_args',
-           'check_model_kwargs', 'check_args', 'run_files', 'check_output', 'move_aside', 'write_args', 'TrainState',
-           'find_checkpoint', 'check_resume', 'RunLog', 'Preemption', 'gather_rng', 'NonFiniteLoss', 'backward_step',
-           'train_one_epoch', 'build_data', 'complete_args', 'build_model', 'build_scheduler', 'build_state',
-           'save_epoch', 'save_preempted', 'start_run', 'validate', 'run', 'main', 'plot_curves']
+__all__ = ['RECIPE', 'PRESETS', 'DEMO', 'RECIPES', 'EXIT_USAGE', 'EXIT_NONFINITE', 'EXIT_PREEMPTED', 'OWN_FLAGS', 'RUN_FILES',
+           'MUST_MATCH', 'REFUSED', 'SCHEDULE', 'NOT_COMPARED', 'FUSED', 'preset_for', 'scaled_lr', 'get_parser',
+           'resolve_args', 'check_model_kwargs', 'check_args', 'run_files', 'check_output', 'move_aside', 'write_args',
+           'TrainState', 'find_checkpoint', 'check_resume', 'RunLog', 'Preemption', 'gather_rng', 'NonFiniteLoss',
+           'backward_step', 'skips_on_device', 'ema_update', 'train_one_epoch', 'build_data', 'complete_args',
+           'build_model', 'load_finetune', 'build_scheduler', 'optimizer_kwargs', 'build_optimizer', 'param_groups',
+           'build_state', 'save_epoch', 'save_preempted', 'start_run', 'validate', 'run', 'main', 'plot_curves']
 
 # %% ../nbs/09_train.ipynb #9556205e
 RECIPE = dict(epochs=310, warmup_epochs=5, drop=0., drop_path=0.1, model_ema_decay=0.99996, opt='adamw', min_lr=1e-5, warmup_lr=1e-6,
@@ -44,6 +45,19 @@ PRESETS = {  # family: total batch, lr (for that batch), weight decay
 DEMO = dict(model='t2t_vit_7', img_size=32, epochs=20, warmup_epochs=3, batch_size=64, lr=1e-3, weight_decay=0.05, drop_path=0.05,
             mixup=0., cutmix=0., reprob=0., aa=None, model_ema_decay=0.995, smoothing=0.1, workers=2,
             model_kwargs=dict(embed_dim=128, depth=4, num_heads=4, mlp_ratio=2., token_dim=32, schedule=((3, 2, 1), (3, 2, 1), (3, 1, 1))))
+RECIPES = {  # --recipe: the two published fine-tuning routes; every value is a flag default, so each can be overridden
+    'finetune384': dict(img_size=384,                        # official README: "use --img-size 384" for the 384-px T2T-ViT-14 (83.3%)
+                        weight_decay=5e-5,                   # official authors (yitu-opensource/T2T-ViT#44): only 1e-5 or 5e-5 when fine-tuning
+                        lr=5e-6, lr_base_batch=512, min_lr=5e-6, warmup_epochs=0,   # no official value: the constant small lr of
+                        epochs=30),                          #   LV-ViT's 384-px fine-tune script; 30 epochs is our short schedule
+    'transfer': dict(img_size=224, opt='momentum',          # official README, section 5 (CIFAR resized to 224); transfer_learning.py: SGD, momentum 0.9
+                     lr=0.05, lr_base_batch=64,              # README's command: --lr 0.05 --b 64
+                     weight_decay=5e-4, min_lr=2e-4, drop_path=0.1,   # transfer_learning.py defaults (--wd, --min-lr, --drop-path)
+                     epochs=60, warmup_epochs=0,             # paper Sec. 4.1 "60 epochs ... SGD ... cosine"; the script's 60-epoch CosineAnnealingLR
+                     transfer_ratio=0.01,                    # transfer_learning.py --transfer-ratio: T2T module and blocks at 0.01 x lr
+                     mixup=0., cutmix=0., reprob=0., aa=None, smoothing=0.,   # the script: crop and flip only, plain cross-entropy
+                     model_ema_decay=0.9998),                # no EMA there; ours, short enough for a 60-epoch run
+}
 EXIT_USAGE, EXIT_NONFINITE, EXIT_PREEMPTED = 2, 3, 75   # 75 = EX_TEMPFAIL: "try again" (with --resume auto)
 
 def preset_for(model:str) -> dict:
@@ -65,29 +79,43 @@ def get_parser():
     g('--model', default=None, help=f'one of {", ".join(VARIANTS)} (default: t2t_vit_14, or the demo model without --data)')
     g('--img-size', type=int, default=None); g('--num-classes', type=int, default=None, help='default: the number of class folders')
     g('--model-kwargs', type=json.loads, default=None, help='JSON of extra T2TViT arguments, e.g. \'{"depth": 4}\'')
+    g('--finetune', default=None, metavar='FILE', help='start a new run from these weights (official, mmpretrain, ours, safetensors; EMA preferred): '
+      'head reset for another class count, position table resampled for another --img-size; no optimizer state (that is --resume)')
+    g('--recipe', default=None, choices=sorted(RECIPES), help='fine-tuning presets: finetune384 (224 -> 384 px), transfer (the paper\'s CIFAR transfer); flags override them')
+    g('--grad-checkpointing', action='store_true', help='recompute the T2T module and blocks in backward (less activation memory, more compute)')
+    g('--channels-last', action='store_true', help='model and images in channels-last memory format')
     g = p.add_argument_group('schedule and optimizer').add_argument
     g('--epochs', type=int); g('--warmup-epochs', type=int)
     g('-b', '--batch-size', type=int, help='total batch over all processes (recipe: 1024 for 7/10/12, 512 otherwise)')
     g('--lr', type=float, help='learning rate for --lr-base-batch (default: the recipe\'s, for its batch)')
     g('--lr-base-batch', type=int, help='total batch the --lr is meant for (default: the recipe\'s batch)')
     g('--weight-decay', type=float); g('--min-lr', type=float); g('--warmup-lr', type=float)
+    g('--opt', default=None, help="timm optimizer name (recipe: adamw)")
+    g('--opt-kwargs', type=json.loads, default=None, help='JSON of extra optimizer arguments, e.g. \'{"fused": true}\' (default on CUDA for adam/adamw/sgd: fused)')
     g('--clip-grad', type=float, default=None, help='clip the gradient norm to this value')
+    g('--layer-decay', type=float, default=None, help="timm's layer-wise lr decay (e.g. 0.75): each block's lr x decay^(depth - block), by the model's group_matcher")
+    g('--transfer-ratio', type=float, default=None, help='lr of the T2T module, tokens and blocks as a fraction of the head\'s (official transfer: 0.01)')
+    g('--sched-on-updates', action='store_true', help='warmup and cosine decay per optimizer update (default: per epoch, as the official recipe)')
     g('--accum-steps', type=int, default=1, help='gradient accumulation steps')
     g = p.add_argument_group('regularisation').add_argument
     g('--smoothing', type=float); g('--drop', type=float); g('--drop-path', type=float)
     g('--mixup', type=float); g('--cutmix', type=float); g('--reprob', type=float); g('--aa', type=str, help="RandAugment spec, 'none' to disable")
     g('--no-aug', action='store_true', help='train on the eval transform (no augmentation, no mixup): for tests')
     g('--model-ema-decay', type=float); g('--no-ema', action='store_true')
+    g = p.add_argument_group('data loading').add_argument
+    g('--workers', type=int, help='loader processes per rank, for training and validation (kept alive between epochs)')
+    g('--pin-mem', action=argparse.BooleanOptionalAction, default=None, help='page-locked batches for faster copies to the GPU (default: on with CUDA)')
     g = p.add_argument_group('run').add_argument
     g('--output', default=None, help='run folder (default: runs/<model>)')
     g('--resume', default='', help="'auto' (the newest checkpoint of --output that loads), a checkpoint path, or '' for a new run")
     g('--overwrite', action='store_true', help='start a new run in a folder that holds one: its files move into old-<time>/')
     g('--keep-last', type=int, default=2, help='keep this many epoch checkpoints (checkpoint-<epoch>.pth.tar) besides last and best')
     g('--max-nonfinite', type=int, default=5, help='stop after this many non-finite losses in a row')
-    g('--seed', type=int, default=0); g('--workers', type=int); g('--device', default=None, choices=['cpu', 'cuda'])
+    g('--seed', type=int, default=0); g('--device', default=None, choices=['cpu', 'cuda'])
     g('--compile', action='store_true', help='torch.compile the model')
     g('--max-steps-per-epoch', type=int, default=None, help='cap the steps of each epoch (smoke tests)')
     g('--no-progress', action='store_true')
+    g('--log-interval', type=int, default=50, help='read the device\'s counters (loss, non-finite steps) once per this many updates: the only host sync of a step')
     add_amp_argument(p)
     return p
 
@@ -99,6 +127,7 @@ def resolve_args(args:argparse.Namespace) -> argparse.Namespace:
     if args.model is None: args.model = base.get('model', 't2t_vit_14')
     if not demo and args.model in VARIANTS: base.update(preset_for(args.model), workers=8)
     elif args.model != DEMO['model']: base['model_kwargs'] = {}
+    if args.recipe: base.update(RECIPES[args.recipe])
     for k, v in base.items():
         if getattr(args, k, None) is None: setattr(args, k, v)
     if args.lr_base_batch is None: args.lr_base_batch = base.get('batch_size', PRESETS['medium']['batch_size'])
@@ -106,6 +135,7 @@ def resolve_args(args:argparse.Namespace) -> argparse.Namespace:
     if args.aa in ('none', ''): args.aa = None
     if args.no_aug: args.mixup = args.cutmix = args.reprob = 0.; args.aa = None
     args.model_kwargs = dict(args.model_kwargs or {})
+    if args.opt_kwargs is None: args.opt_kwargs = {}
     return args
 
 # %% ../nbs/09_train.ipynb #43ea189d
@@ -123,7 +153,7 @@ def check_model_kwargs(kwargs:dict):
 def check_args(args:argparse.Namespace, world:int):
     "Every check that needs neither data nor model: a UsageError naming the flag and the fix."
     if args.model not in VARIANTS: raise UsageError(f'unknown model {args.model!r}; valid names: {", ".join(VARIANTS)}')
-    for k in ('epochs', 'batch_size', 'accum_steps', 'lr_base_batch', 'max_nonfinite', 'img_size'):
+    for k in ('epochs', 'batch_size', 'accum_steps', 'lr_base_batch', 'max_nonfinite', 'img_size', 'log_interval'):
         if getattr(args, k) < 1: raise UsageError(f'{_flag(k)} {getattr(args, k)}: must be at least 1')
     if args.max_steps_per_epoch is not None and args.max_steps_per_epoch < 1:
         raise UsageError(f'--max-steps-per-epoch {args.max_steps_per_epoch}: must be at least 1 (leave it out for whole epochs)')
@@ -142,6 +172,14 @@ def check_args(args:argparse.Namespace, world:int):
                          f'use a multiple of {world * args.accum_steps}')
     if args.resume and args.overwrite: raise UsageError('--resume and --overwrite contradict each other: keep the run (--resume) or move it aside (--overwrite)')
     check_model_kwargs(args.model_kwargs)
+    for k in ('layer_decay', 'transfer_ratio'):
+        v = getattr(args, k)
+        if v is not None and not (0 < v <= 1): raise UsageError(f'{_flag(k)} {v}: must be above 0 and at most 1')
+    if args.layer_decay is not None and args.transfer_ratio not in (None, 1):
+        raise UsageError('--layer-decay and --transfer-ratio both scale the backbone\'s lr: choose one')
+    if args.finetune is not None and not Path(args.finetune).is_file():
+        raise UsageError(f'--finetune {args.finetune}: no such checkpoint file; give the path of a .pth/.pth.tar/.safetensors file')
+    if not isinstance(args.opt_kwargs, dict): raise UsageError(f'--opt-kwargs {json.dumps(args.opt_kwargs)}: must be a JSON object, e.g. \'{{"fused": true}}\'')
     if args.data is not None: split_dirs(args.data)
 
 # %% ../nbs/09_train.ipynb #954372ce
@@ -320,9 +358,14 @@ class Preemption:
 
     def requested(self, device) -> bool:
         "True on every rank when any rank received a stop signal."
+        if not dist.is_initialized(): return self.signal is not None       # one process: nothing to agree on, no device sync
+        return self.flag(device).item() > 0
+
+    def flag(self, device) -> torch.Tensor:
+        "1 on the device of every rank when any rank received a stop signal, else 0 (read it with the step's other counters)."
         flag = torch.tensor([1. if self.signal else 0.], device=device)
         if dist.is_initialized(): dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return flag.item() > 0
+        return flag
 
 def gather_rng() -> list:
     "Every rank's RNG states (a list indexed by rank, on every rank)."
@@ -333,55 +376,103 @@ def gather_rng() -> list:
 # %% ../nbs/09_train.ipynb #c8f1627c
 class NonFiniteLoss(RuntimeError): "Raised after too many non-finite losses in a row."
 
-def backward_step(loss, optimizer, scaler, parameters, clip_grad:float=None, update:bool=True):
-    "Backward (scaled by timm's NativeScaler for fp16) and, when `update`, the clipped optimizer step."
+def backward_step(loss, optimizer, scaler, parameters, clip_grad:float=None, update:bool=True, found_inf=None):
+    "Backward (scaled by timm's NativeScaler for fp16) and, when `update`, the clipped optimizer step, skipped on the device where the flag `found_inf` is 1."
     if scaler is not None: return scaler(loss, optimizer, clip_grad=clip_grad, parameters=parameters, need_update=update)
     loss.backward()
-    if update:
-        if clip_grad: torch.nn.utils.clip_grad_norm_(parameters, clip_grad)
-        optimizer.step()
+    if not update: return
+    if clip_grad: torch.nn.utils.clip_grad_norm_(parameters, clip_grad)
+    if found_inf is None: return optimizer.step()
+    optimizer.grad_scale, optimizer.found_inf = None, found_inf       # as torch's GradScaler hands it to a fused optimizer
+    try: optimizer.step()
+    finally: del optimizer.grad_scale, optimizer.found_inf
 
+def skips_on_device(optimizer, scaler=None) -> bool:
+    "True when `optimizer` can skip a step on the device (torch's fused Adam/AdamW/SGD take `found_inf`); else the host decides once per update."
+    return scaler is None and bool(getattr(optimizer, '_step_supports_amp_scaling', False))
+
+@torch.no_grad()
+def ema_update(ema, model, ok, step):
+    "timm's `ModelEmaV3.update(model, step)` for a device `step`, applied only where the device flag `ok` holds: no host sync."
+    s = (step - ema.update_after_step - 1).clamp(min=0).double()
+    decay = ((1 - (1 + s / ema.warmup_gamma) ** -ema.warmup_power).clamp(max=ema.decay).clamp(min=ema.min_decay) if ema.use_warmup
+             else torch.full_like(s, ema.decay))
+    w = (torch.where(s > 0, 1 - decay, 1.) * ok).float()                 # the model's share: 1 at the first update, 0 for a skipped one
+    lerp_e, lerp_m = [], []
+    for e, m in zip(ema.module.state_dict().values(), unwrap_model(model).state_dict().values()):
+        if e.is_floating_point() and e.dtype == m.dtype: lerp_e.append(e); lerp_m.append(m)
+        elif e.is_floating_point(): e.lerp_(m.to(e.dtype), w.to(e.dtype))
+        else: e.copy_(torch.where(ok, m, e))
+    if lerp_e: torch._foreach_lerp_(lerp_e, lerp_m, w)
+
+def _zero_grads_unless(parameters, ok):
+    "Every gradient set to 0 where the device flag `ok` is false (an accumulation that met a non-finite loss starts over)."
+    for p in parameters:
+        if p.grad is not None: p.grad.copy_(torch.where(ok, p.grad, 0.))
+
+# %% ../nbs/09_train.ipynb #e90c1a01
 def train_one_epoch(model, state:TrainState, loader, loss_fn, mixup, device, args, log=print, stop:Preemption=None, progress:bool=True) -> tuple:
-    "Train epoch `state.epoch` from batch `state.batch` on; returns (metrics, stopped): stopped after a step when `stop` asks."
-    model.train(); opt, accum = state.optimizer, args.accum_steps
-    p = state.partial or {}
-    sums = torch.tensor([p.get('loss_sum', 0.), p.get('images', 0), p.get('skipped', 0), p.get('nonfinite', 0)], dtype=torch.float64)
-    bad_in_row, stopped, t0 = 0, False, time.perf_counter() - p.get('time', 0.)
+    "Train epoch `state.epoch` from batch `state.batch` on; returns (metrics, stopped). The host waits for the device once per `args.log_interval` updates."
+    model.train(); opt, accum, every = state.optimizer, args.accum_steps, getattr(args, 'log_interval', 1)
+    p, on_device, ddp = state.partial or {}, skips_on_device(state.optimizer, state.scaler), dist.is_initialized()
+    sums = torch.tensor([p.get('loss_sum', 0.), p.get('images', 0), p.get('nonfinite', 0)], dtype=torch.float64, device=device)
+    step, in_row = torch.full((), state.step, device=device), torch.zeros((), dtype=torch.long, device=device)   # updates done; non-finite in a row
+    worst, last = torch.zeros_like(in_row), torch.zeros((), device=device)
+    h = argparse.Namespace(skipped=p.get('skipped', 0), nonfinite=int(p.get('nonfinite', 0)), updates=0)   # what the host knows
+    stopped, t0 = False, time.perf_counter() - p.get('time', 0.)
     limit = args.max_steps_per_epoch * accum if args.max_steps_per_epoch else None
     bar = tqdm(loader, desc=f'epoch {state.epoch}', disable=not progress, leave=False, dynamic_ncols=True)
+
+    def sync(i, agree_stop=False) -> bool:
+        "The one host sync: read the counters (and the ranks' stop flag), report non-finite losses, stop after --max-nonfinite in a row."
+        flags = [stop.flag(device).reshape(()).double()] if agree_stop else []
+        n_bad, w, step_, loss, *stop_ = torch.stack([sums[2], worst.double(), step.double(), last.double(), *flags]).tolist()
+        state.step = int(step_)
+        if n_bad > h.nonfinite:
+            log(f'warning: non-finite loss at step {state.step} or before (epoch {state.epoch}, batch {i}): {int(n_bad - h.nonfinite)} skipped '
+                f'since the last report, at most {int(w)} in a row'); h.nonfinite = int(n_bad)
+        if w >= args.max_nonfinite:
+            raise NonFiniteLoss(f'{int(w)} non-finite losses in a row (by step {state.step}); lower --lr, add --clip-grad, or use --amp bf16/none')
+        if progress: bar.set_postfix(loss=f'{loss:.3f}', lr=f'{opt.param_groups[0]["lr"]:.2e}')
+        return bool(stop_ and stop_[0] > 0)
+
     opt.zero_grad(set_to_none=True)
+    i = state.batch
     for i, (x, y, bad) in enumerate(bar, start=state.batch):
         if limit and i >= limit: break
         for path, why in bad: log(f'warning: skipped unreadable image {path} ({why})')
-        sums[2] += len(bad)
+        h.skipped += len(bad)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if args.channels_last: x = x.contiguous(memory_format=torch.channels_last)
         if mixup is not None and len(x) % 2: x, y = x[:-1], y[:-1]          # mixup pairs images: even batch
         if mixup is not None and len(x): x, y = mixup(x, y)
         last_micro = (i + 1) % accum == 0
         with model.no_sync() if isinstance(model, DDP) and not last_micro else nullcontext():
             with autocast_for(device, args.amp):
                 loss = loss_fn(model(x), y) if len(x) else torch.zeros((), device=device, requires_grad=True)
-            finite = torch.tensor([float(torch.isfinite(loss).item())], device=device)
-            if dist.is_initialized(): dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            if finite.item() == 0:
-                bad_in_row += 1; sums[3] += 1; opt.zero_grad(set_to_none=True)
-                log(f'warning: non-finite loss at step {state.step} (epoch {state.epoch}, batch {i}), step skipped ({bad_in_row} in a row)')
-                if bad_in_row >= args.max_nonfinite:
-                    raise NonFiniteLoss(f'{bad_in_row} non-finite losses in a row (last at step {state.step}); lower --lr, add --clip-grad, or use --amp bf16/none')
-                continue
-            bad_in_row = 0
-            backward_step(loss / accum, opt, state.scaler, model.parameters(), args.clip_grad, update=last_micro)
-        sums[0] += loss.item() * len(x); sums[1] += len(x)
+            ok = torch.isfinite(loss.detach())
+            if last_micro and ddp: f = ok.float(); dist.all_reduce(f, op=dist.ReduceOp.MIN); ok = f > 0   # ranks agree, on the device
+            if last_micro and not on_device:                                 # an optimizer that cannot skip on the device
+                if ok.item(): backward_step(loss / accum, opt, state.scaler, model.parameters(), args.clip_grad)
+            else:
+                backward_step(loss / accum, opt, state.scaler, model.parameters(), args.clip_grad, update=last_micro,
+                              found_inf=(~ok).float() if last_micro else None)
+                if not last_micro: _zero_grads_unless(model.parameters(), ok)
+        sums[0] += torch.where(ok, loss.detach().double() * len(x), 0.); sums[1] += ok.double() * len(x); sums[2] += (~ok).double()
+        in_row = torch.where(ok, 0, in_row + 1); worst = torch.maximum(worst, in_row); last = loss.detach().float()
         if not last_micro: continue
+        step += ok.long()
+        if state.ema is not None: ema_update(state.ema, model, ok, step)
         opt.zero_grad(set_to_none=True)
-        state.step += 1; state.batch = i + 1
-        if state.ema is not None: state.ema.update(unwrap_model(model), step=state.step)
-        if progress: bar.set_postfix(loss=f'{loss.item():.3f}', lr=f'{opt.param_groups[0]["lr"]:.2e}')
-        if stop is not None and stop.requested(device): stopped = True; break
-    sums = sums.to(device)
-    if dist.is_initialized(): dist.all_reduce(sums)
+        state.batch, h.updates = i + 1, h.updates + 1
+        if args.sched_on_updates: state.scheduler.step_update(state.epoch * args.steps_per_epoch + state.batch // accum)
+        if h.updates % every == 0 and sync(i, agree_stop=stop is not None and ddp): stopped = True; break
+        if stop is not None and not ddp and stop.requested(device): stopped = True; break      # one process: no sync needed
+    sync(i)
+    totals = torch.cat([sums, torch.tensor([h.skipped], dtype=torch.float64, device=device)])
+    if ddp: dist.all_reduce(totals)
     dt = time.perf_counter() - t0
-    loss_sum, n, skipped, n_bad = sums.tolist()
+    loss_sum, n, n_bad, skipped = totals.tolist()
     return dict(train_loss=loss_sum / max(n, 1), images=int(n), skipped=int(skipped), nonfinite=int(n_bad), images_per_s=n / dt,
                 epoch_time=dt, loss_sum=loss_sum), stopped
 
@@ -398,9 +489,10 @@ def build_data(args, rank:int, world:int) -> argparse.Namespace:
     tf = eval_transform(args.img_size) if args.no_aug else train_transform(args.img_size, **aug)
     train_ds, val_ds = SafeImageFolder(train_dir, transform=tf), SafeImageFolder(val_dir, transform=eval_transform(args.img_size))
     per_rank = args.batch_size // (world * args.accum_steps)
-    train_dl = make_loader(train_ds, per_rank, train=True, workers=args.workers, seed=args.seed, world=world, rank=rank)
-    val_dl = torch.utils.data.DataLoader(val_ds, batch_size=max(per_rank, 32), sampler=ShardSampler(len(val_ds), rank, world),
-                                         num_workers=args.workers, collate_fn=collate_skip)
+    pin = torch.cuda.is_available() if args.pin_mem is None else args.pin_mem
+    train_dl = make_loader(train_ds, per_rank, train=True, workers=args.workers, seed=args.seed, world=world, rank=rank, pin_memory=pin)
+    val_dl = torch.utils.data.DataLoader(val_ds, batch_size=max(per_rank, 32), sampler=ShardSampler(len(val_ds), rank, world), num_workers=args.workers,
+                                         collate_fn=collate_skip, pin_memory=pin, persistent_workers=args.workers > 0)
     return argparse.Namespace(root=root, train=train_dl, val=val_dl, classes=list(train_ds.classes), n_train=len(train_ds), per_rank=per_rank)
 
 def complete_args(args, data, world:int, device) -> argparse.Namespace:
@@ -418,21 +510,64 @@ def complete_args(args, data, world:int, device) -> argparse.Namespace:
                                  'steps_per_epoch': min(steps, args.max_steps_per_epoch or steps)})
 
 def build_model(args, device):
-    "The model the flags describe (same initial weights on every rank)."
+    "The model the flags describe (same initial weights on every rank), with gradient checkpointing and memory format set."
     seed_epoch(args.seed, 0, 0)
     try: model = create_model(args.model, img_size=args.img_size, num_classes=args.num_classes, drop_rate=args.drop,
                               drop_path_rate=args.drop_path, **args.model_kwargs)
     except (ValueError, TypeError) as e: raise UsageError(f'--img-size {args.img_size} / --model-kwargs: {e}') from None
-    return model.to(device)
+    if args.grad_checkpointing: model.set_grad_checkpointing(True)
+    return model.to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
+
+def load_finetune(model, path) -> str:
+    "Load the weights of `path` (any layout `load_checkpoint` reads, EMA preferred) into `model`; returns the log line saying what happened."
+    try:
+        sd, where = extract_state_dict(read_checkpoint(path), use_ema=True, path=path)
+        own, notes = model.state_dict(), []
+        if 'head.weight' in sd and sd['head.weight'].shape != own['head.weight'].shape:
+            notes.append(f'head reset ({sd["head.weight"].shape[0]} classes in the file, {own["head.weight"].shape[0]} here)')
+        if 'pos_embed' in sd and sd['pos_embed'].shape[1] != own['pos_embed'].shape[1]:
+            g, G = (round((t.shape[1] - 1) ** .5) for t in (sd['pos_embed'], own['pos_embed']))
+            notes.append(f'position table resampled ({g}x{g} -> {G}x{G} tokens)')
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore'); info = load_checkpoint(model, path, use_ema=True, strict=True)
+    except (CheckpointError, OSError) as e: raise UsageError('--finetune: ' + '; '.join(l.strip() for l in str(e).splitlines())) from None
+    return (f'--finetune {path}: loaded {info["loaded"]} tensors from {where}; ' + '; '.join(notes or ['nothing reset or resampled'])
+            + '; optimizer, schedule and step start fresh')
 
 def build_scheduler(optimizer, args):
-    "The per-epoch cosine schedule with warmup that the flags describe."
+    "The cosine schedule with warmup that the flags describe, stepped per epoch (or per update with --sched-on-updates)."
     return create_scheduler_v2(optimizer, sched='cosine', num_epochs=args.epochs, warmup_epochs=args.warmup_epochs, min_lr=args.min_lr,
-                               warmup_lr=args.warmup_lr, cooldown_epochs=0, updates_per_epoch=args.steps_per_epoch)[0]
+                               warmup_lr=args.warmup_lr, cooldown_epochs=0, updates_per_epoch=args.steps_per_epoch,
+                               step_on_epochs=not args.sched_on_updates)[0]
+
+FUSED = ('adam', 'adamw', 'sgd', 'momentum', 'nesterov')      # timm names of torch optimizers with a fused kernel
+
+def optimizer_kwargs(args, device) -> dict:
+    "--opt-kwargs, plus `fused=True` on CUDA for the optimizers that have it (they skip a non-finite step on the device)."
+    kw = dict(args.opt_kwargs)
+    if device.type == 'cuda' and args.opt in FUSED and not {'fused', 'foreach'} & set(kw): kw['fused'] = True
+    return kw
+
+def build_optimizer(model, args, device):
+    "timm's optimizer the flags describe; a UsageError for arguments it does not take."
+    try: return create_optimizer_v2(param_groups(model, args), opt=args.opt, lr=args.lr_used, weight_decay=args.weight_decay,
+                                    layer_decay=args.layer_decay, **optimizer_kwargs(args, device))
+    except (TypeError, ValueError, AssertionError, RuntimeError) as e: raise UsageError(f'--opt {args.opt} / --opt-kwargs: {e}') from None
+
+def param_groups(model, args):
+    "The model (timm groups it, with --layer-decay), or with --transfer-ratio four groups: body/head x decay/no decay, the body's lr scaled."
+    if args.transfer_ratio in (None, 1): return model
+    no_wd, groups = model.no_weight_decay(), {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad: continue
+        head, decay = name.startswith('head.'), not (p.ndim <= 1 or name.endswith('.bias') or name in no_wd)
+        g = groups.setdefault((head, decay), dict(params=[], weight_decay=args.weight_decay if decay else 0., lr_scale=1. if head else args.transfer_ratio))
+        g['params'].append(p)
+    return list(groups.values())
 
 def build_state(model, args, device) -> TrainState:
     "Optimizer, schedule, fp16 scaler and EMA around `model`."
-    optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr_used, weight_decay=args.weight_decay)
+    optimizer = build_optimizer(model, args, device)
     ema = None if args.no_ema else ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.data is None)
     return TrainState(model, ema, optimizer, build_scheduler(optimizer, args), NativeScaler(device.type) if args.amp == 'fp16' else None)
 
@@ -485,8 +620,9 @@ def start_run(argv, rank:int, world:int, device) -> tuple:
     check_output(out, args.resume, args.overwrite)
     data = build_data(args, rank, world)
     args = complete_args(args, data, world, device)
-    state = build_state(build_model(args, device), args, device)
-    ck_path, ck, skipped = find_checkpoint(out, args.resume)
+    model, ck_path, ck, skipped = build_model(args, device), *find_checkpoint(out, args.resume)
+    tuned = load_finetune(model, args.finetune) if args.finetune and ck is None else None   # before the EMA copies the model
+    state = build_state(model, args, device)
     changes = check_resume(ck, args, data.classes) if ck is not None else {}
     if dist.is_initialized(): dist.barrier()                          # every rank has checked the folder before rank 0 changes it
     moved = move_aside(out) if rank == 0 and args.overwrite and run_files(out) else None
@@ -507,6 +643,8 @@ def start_run(argv, rank:int, world:int, device) -> tuple:
         other = {k: v for k, v in changes.items() if k not in SCHEDULE}
         if other: log('other flags changed on resume: ' + ', '.join(f'{_flag(k)} {a} -> {b}' for k, (a, b) in other.items()))
     elif args.resume == 'auto': log(f'--resume auto: no checkpoint in {out}, starting a new run')
+    if tuned: log(tuned)
+    elif args.finetune: log(f'--finetune {args.finetune}: not loaded, the run resumes from its own checkpoint')
     return args, data, state, log, out
 
 def validate(state:TrainState, data, device, args, log) -> tuple:
@@ -539,6 +677,7 @@ def run(argv=None) -> dict:
                 if state.batch and state.rng: set_rng_state(state.rng)          # inside an epoch: the exact RNG states
                 data.train.sampler.set_epoch(epoch, start=state.batch * data.per_rank); data.train.generator.manual_seed(args.seed * 1009 + epoch)
                 state.scheduler.step(epoch)
+                if args.sched_on_updates: state.scheduler.step_update(epoch * args.steps_per_epoch + state.batch // args.accum_steps)
                 tr, stopped = train_one_epoch(model, state, data.train, loss_fn, mixup, device, args, log, stop, progress=rank == 0 and not args.no_progress)
                 if stopped:
                     state.partial = dict(loss_sum=tr['loss_sum'], images=tr['images'], skipped=tr['skipped'], nonfinite=tr['nonfinite'], time=tr['epoch_time'])
@@ -566,7 +705,8 @@ def run(argv=None) -> dict:
         log(f't2t-train: error: {e}'); log.close(); _exit(EXIT_USAGE, e, rank)
     if rank == 0 and (out / 'metrics.csv').exists(): plot_curves(out / 'metrics.csv', out / 'curves.png')
     best = f'best EMA top-1 {state.best:.2f}%' if state.best is not None else 'no best EMA top-1 recorded'
-    log(f'done: {best}\n  checkpoint: {out / "model_best.pth.tar"} (last: {out / "last.pth.tar"}, epochs kept: --keep-last {args.keep_last})\n'
+    ckpt = out / 'model_best.pth.tar' if (out / 'model_best.pth.tar').exists() else out / 'last.pth.tar'
+    log(f'done: {best}\n  checkpoint: {ckpt} (last: {out / "last.pth.tar"}, epochs kept: --keep-last {args.keep_last})\n'
         f'  logs: {out / "log.txt"}, {out / "metrics.csv"}, {out / "tensorboard"}\n  curves: {out / "curves.png"}')
     log.close()
     if dist.is_initialized(): dist.destroy_process_group()

@@ -123,7 +123,7 @@ def test_mixed_precision_on_cpu_trains_with_finite_loss(data, tmp_path, amp):
 
 
 def test_non_finite_losses_stop_the_run_with_a_clear_message(data, tmp_path):
-    r = run(train_cmd(data, tmp_path / 'nan', '--epochs', 2, '-b', 8, '--warmup-epochs', 0, '--lr', 1e30, '--max-nonfinite', 2, '--no-ema'))
+    r = run(train_cmd(data, tmp_path / 'nan', '--epochs', 2, '-b', 8, '--warmup-epochs', 0, '--lr', 1e30, '--max-nonfinite', 2, '--no-ema', '--log-interval', 1))
     log = (tmp_path / 'nan' / 'log.txt').read_text()
     assert r.returncode == 3, r.stderr[-2000:]
     assert 'non-finite loss at step' in log and '2 non-finite losses in a row' in log
@@ -372,3 +372,213 @@ def test_sigterm_to_every_torchrun_worker_stops_them_after_the_same_step(data, t
     assert rc2 == 0, (tmp_path / 'relaunch.log').read_text()[-3000:]
     _same_weights(tmp_path / 'ref' / 'last.pth.tar', out / 'last.pth.tar')
     assert epochs_logged(out) == [0, 1, 2]
+
+
+# ---- the sync-free training step (issue 10): parity with the loop it replaced, and its host syncs counted ----
+
+def _pieces(data, *extra, ema_warmup=False):
+    "Model, TrainState, loader, loss and mixup of a tiny run, built as `run` builds them, in this process."
+    from t2t_vit_lite import train as T
+    args = T.resolve_args(T.get_parser().parse_args(_in_process(data, 'unused', '-b', 4, *extra)))
+    T.check_args(args, 1)
+    dev = torch.device('cpu')
+    d = T.build_data(args, 0, 1)
+    args = T.complete_args(args, d, 1, dev)
+    state = T.build_state(T.build_model(args, dev), args, dev)
+    if state.ema is not None: state.ema.use_warmup = ema_warmup
+    mixup = T.make_mixup(args.num_classes, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing)
+    return T, args, state, d, mixup
+
+
+def _nan_loss(T, args, mixup, nan_at):
+    "The run's loss function; its calls numbered in `nan_at` return NaN (an injected divergence)."
+    base = T.SoftTargetCrossEntropy() if mixup else T.nn.CrossEntropyLoss()
+    calls = [0]
+    def loss_fn(out, y):
+        calls[0] += 1
+        loss = base(out, y)
+        return loss * float('nan') if calls[0] in nan_at else loss
+    return loss_fn
+
+
+def _train(data, epoch_fn, *extra, nan_at=(), epochs=2, ema_warmup=True):
+    "Train `epochs` epochs with `epoch_fn` (the old loop or the new); returns (state, metrics of each epoch, error or None)."
+    T, args, state, d, mixup = _pieces(data, *extra, ema_warmup=ema_warmup)
+    loss_fn, rows, err = _nan_loss(T, args, mixup, set(nan_at)), [], None
+    try:
+        for epoch in range(epochs):
+            T.seed_epoch(args.seed, epoch + 1, 0)
+            d.train.sampler.set_epoch(epoch, start=0); d.train.generator.manual_seed(args.seed * 1009 + epoch)
+            state.scheduler.step(epoch)
+            tr, _ = epoch_fn(state.model, state, d.train, loss_fn, mixup, torch.device('cpu'), args, log=lambda m: None, progress=False)
+            rows.append({k: tr[k] for k in ('train_loss', 'images', 'nonfinite', 'skipped')})
+            state.epoch, state.batch = epoch + 1, 0
+    except T.NonFiniteLoss as e: err = str(e)
+    return state, rows, err
+
+
+def _assert_same_state(a, b):
+    for k, v in a.model.state_dict().items(): assert torch.equal(v, b.model.state_dict()[k]), k
+    for k, v in a.ema.module.state_dict().items(): assert torch.equal(v, b.ema.module.state_dict()[k]), ('ema', k)
+    sa, sb = a.optimizer.state_dict()['state'], b.optimizer.state_dict()['state']
+    for i in sa:
+        for k in sa[i]: assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k])), ('optimizer', i, k)
+    assert a.step == b.step
+
+
+@pytest.mark.parametrize('case', ['plain', 'accum_nan', 'fused_nan', 'fused_accum_nan_clip'])
+def test_sync_free_loop_equals_the_old_loop(data, case):
+    """The new epoch gives bit for bit the weights, EMA (with its warm-up, which counts steps), optimizer state, step
+    count and metrics of the loop it replaced (tests/reference_loop.py), with the paper's augmentation, Mixup and
+    drop-path on, also when NaN losses are injected (skipped micro-batches, skipped updates) and with gradient
+    accumulation; 'fused' runs the on-device skip (found_inf), the others the host's once-per-update decision."""
+    from reference_loop import old_train_one_epoch
+    from t2t_vit_lite.train import train_one_epoch
+    extra, nan_at = {'plain': ([], ()), 'accum_nan': (['--accum-steps', 2], (3, 6, 7, 12)),
+                     'fused_nan': (['--opt-kwargs', '{"fused": true}'], (2, 5)),
+                     'fused_accum_nan_clip': (['--opt-kwargs', '{"fused": true}', '--accum-steps', 2, '--clip-grad', 1.], (3, 6, 7, 12))}[case]
+    old = _train(data, old_train_one_epoch, *extra, nan_at=nan_at)
+    new = _train(data, train_one_epoch, *extra, '--log-interval', 3, nan_at=nan_at)
+    assert old[2] is None and new[2] is None
+    assert old[1] == new[1] and sum(r['nonfinite'] for r in new[1]) == len(nan_at)
+    assert new[0].step < 16 or not nan_at             # 16 updates in 2 epochs, some skipped
+    _assert_same_state(old[0], new[0])
+
+
+def test_the_parity_check_catches_a_changed_step(data):
+    "The comparison above is not blind: skipping one more update than the old loop makes it fail."
+    from reference_loop import old_train_one_epoch
+    from t2t_vit_lite.train import train_one_epoch
+    old = _train(data, old_train_one_epoch, nan_at=(2,), epochs=1)
+    new = _train(data, train_one_epoch, nan_at=(2, 5), epochs=1)
+    with pytest.raises(AssertionError): _assert_same_state(old[0], new[0])
+
+
+@pytest.mark.parametrize('opt_kwargs', ['{}', '{"fused": true}'])
+def test_non_finite_losses_in_a_row_stop_where_the_old_loop_stops(data, opt_kwargs):
+    "--max-nonfinite 3 and NaN from the 4th loss on: both loops stop with the same state and message; with a longer --log-interval the new one stops at its next sync."
+    from reference_loop import old_train_one_epoch
+    from t2t_vit_lite.train import train_one_epoch
+    args = ['--max-nonfinite', 3, '--opt-kwargs', opt_kwargs]
+    old = _train(data, old_train_one_epoch, *args, nan_at=range(4, 100))
+    new = _train(data, train_one_epoch, *args, '--log-interval', 1, nan_at=range(4, 100))
+    assert old[2].split(';')[0] == '3 non-finite losses in a row (last at step 3)' and new[2].startswith('3 non-finite losses in a row (by step 3)')
+    _assert_same_state(old[0], new[0])
+    late = _train(data, train_one_epoch, *args, '--log-interval', 5, nan_at=range(4, 100))
+    assert late[2].startswith('5 non-finite losses in a row (by step 3)'), late[2]
+    for k, v in old[0].model.state_dict().items(): assert torch.equal(v, late[0].model.state_dict()[k]), k   # skipped: nothing changed
+
+
+def _count_syncs(monkeypatch):
+    "Counters around every way the loops wait for the device or talk to other ranks."
+    import torch.distributed as dist
+    counts = dict(item=0, tolist=0, cpu=0, all_reduce=0)
+    def wrap(owner, name):
+        real = getattr(owner, name)
+        def counted(*a, **k):
+            if 'torch/utils/data' not in sys._getframe(1).f_code.co_filename: counts[name] += 1   # the loader seeds itself on the CPU
+            return real(*a, **k)
+        monkeypatch.setattr(owner, name, counted)
+    for name in ('item', 'tolist', 'cpu'): wrap(torch.Tensor, name)
+    wrap(dist, 'all_reduce')
+    return counts
+
+
+@pytest.mark.parametrize('accum', [1, 2])
+def test_host_syncs_and_all_reduces_per_step(data, monkeypatch, accum):
+    """One process in a gloo group of 1 (so every all-reduce path runs), one epoch, --log-interval 4 and the fused
+    AdamW (8 micro-batches here): the old loop waits for the device 3 times per micro-batch plus once per update (the preemption check) and
+    all-reduces twice per update; the new one reads the device once per 4 updates plus twice at the end of the epoch,
+    all-reduces one flag per update (none inside no_sync micro-batches), and ends with the same weights."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from reference_loop import old_train_one_epoch
+    from t2t_vit_lite.train import train_one_epoch, Preemption
+    dist.init_process_group('gloo', store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        counts, results = {}, {}
+        for name, fn in (('old', old_train_one_epoch), ('new', train_one_epoch)):
+            T, args, state, d, mixup = _pieces(data, '--opt-kwargs', '{"fused": true}', '--log-interval', 4, '--accum-steps', accum, '--no-ema')
+            T.seed_epoch(args.seed, 1, 0); d.train.sampler.set_epoch(0, start=0); d.train.generator.manual_seed(args.seed * 1009)
+            model, loss_fn = DDP(state.model), _nan_loss(T, args, mixup, ())
+            with monkeypatch.context() as m, Preemption() as stop:
+                c = _count_syncs(m)
+                fn(model, state, d.train, loss_fn, mixup, torch.device('cpu'), args, log=lambda s: None, stop=stop, progress=False)
+            counts[name], results[name] = c, state
+        micro = len(d.train); updates = micro // accum
+        assert counts['old'] == dict(item=3 * micro + updates, tolist=1, cpu=0, all_reduce=micro + updates + 1), counts
+        host_new = counts['new']['item'] + counts['new']['tolist'] + counts['new']['cpu']
+        assert host_new == updates // 4 + 2 and counts['new']['all_reduce'] == updates + updates // 4 + 1, counts
+        for k, v in results['old'].model.state_dict().items(): assert torch.equal(v, results['new'].model.state_dict()[k]), k
+        print(f"\nsyncs per update (accum {accum}): old {(3 * micro + updates + 1) / updates:.2f} host + {(micro + updates + 1) / updates:.2f} all-reduce; "
+              f"new {host_new / updates:.2f} host + {counts['new']['all_reduce'] / updates:.2f} all-reduce")
+    finally: dist.destroy_process_group()
+
+
+# ---- fine-tuning and transfer from the command line (issue 10) ----
+
+def test_finetune_to_other_classes_and_size_then_eval_at_its_own_size(data, tmp_path):
+    """A 4-class run at 16 px, fine-tuned (--recipe transfer) on 3 classes at 24 px: the log says the EMA weights were
+    loaded, the head reset and the position table resampled; the transfer recipe's body lr is 0.01 x the head's;
+    t2t-eval then evaluates the new checkpoint at 24 px with no size flag."""
+    import json, shutil
+    src = tmp_path / 'src'
+    assert run(train_cmd(data, src, '--epochs', 1, '-b', 8, '--warmup-epochs', 0)).returncode == 0
+    three = tmp_path / 'three'; shutil.copytree(data, three)
+    for split in ('train', 'val'): shutil.rmtree(three / split / '3')
+    out = tmp_path / 'ft'
+    cmd = [a if a != '16' else '24' for a in train_cmd(three, out, '--epochs', 1, '-b', 8, '--finetune', src / 'last.pth.tar', '--recipe', 'transfer')]
+    r = run(cmd)
+    assert r.returncode == 0, r.stderr[-2000:]
+    log = (out / 'log.txt').read_text()
+    assert (f'--finetune {src / "last.pth.tar"}: loaded 39 tensors from state_dict_ema; head reset (4 classes in the file, 3 here); '
+            'position table resampled (4x4 -> 6x6 tokens); optimizer, schedule and step start fresh') in log, log
+    ck = torch.load(out / 'last.pth.tar', weights_only=False)
+    lrs = {g['lr_scale']: g['lr'] for g in ck['optimizer']['param_groups']}
+    assert set(lrs) == {1., 0.01} and abs(lrs[0.01] / lrs[1.] - 0.01) < 1e-12, lrs
+    assert ck['args'].opt == 'momentum' and ck['args'].weight_decay == 5e-4 and ck['args'].epochs == 1   # the recipe, --epochs overriding it
+    r = run([_script('t2t-eval'), '--checkpoint', str(out / 'last.pth.tar'), '--data', str(three), '--workers', '0', '--json'])
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res['img_size'] == 24 and res['images'] == 6
+
+
+@pytest.mark.parametrize('case', ['missing', 'corrupt', 'other_model'])
+def test_finetune_bad_file_exits_2_with_one_line(data, tmp_path, case):
+    import json
+    bad = tmp_path / 'w.pth.tar'
+    if case == 'corrupt': bad.write_bytes(b'not a checkpoint')
+    if case == 'other_model':
+        from t2t_vit_lite import create_model
+        torch.save({'state_dict': create_model('t2t_vit_7', img_size=16, num_classes=4, embed_dim=48, depth=1, num_heads=2, token_dim=8).state_dict()}, bad)
+    r = run(train_cmd(data, tmp_path / 'out', '--epochs', 1, '-b', 8, '--finetune', bad))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith('t2t-train: error: --finetune'), r.stderr[-2000:]
+    assert {'missing': 'no such checkpoint file', 'corrupt': 'not a PyTorch checkpoint', 'other_model': 'does not fit the model'}[case] in lines[0]
+
+
+def test_recipes_fill_defaults_and_flags_override_them():
+    from t2t_vit_lite.train import get_parser, resolve_args, check_args, RECIPES
+    from t2t_vit_lite.runtime import UsageError
+    a = resolve_args(get_parser().parse_args(['--data', 'x', '--model', 't2t_vit_14', '--recipe', 'finetune384']))
+    assert (a.img_size, a.weight_decay, a.lr, a.lr_base_batch, a.warmup_epochs) == (384, 5e-5, 5e-6, 512, 0)
+    a = resolve_args(get_parser().parse_args(['--data', 'x', '--recipe', 'transfer', '--lr', '0.1', '--transfer-ratio', '0.1', '--epochs', '3']))
+    assert (a.lr, a.transfer_ratio, a.epochs, a.opt, a.min_lr, a.mixup) == (0.1, 0.1, 3, 'momentum', 2e-4, 0.)
+    for argv, msg in ((['--layer-decay', '1.5'], '--layer-decay 1.5: must be above 0 and at most 1'),
+                      (['--layer-decay', '0.7', '--transfer-ratio', '0.1'], 'choose one'), (['--log-interval', '0'], '--log-interval 0: must be at least 1'),
+                      (['--opt-kwargs', '[1]'], '--opt-kwargs [1]: must be a JSON object')):
+        with pytest.raises(UsageError, match=msg.replace('[', r'\[').replace(']', r'\]')): check_args(resolve_args(get_parser().parse_args(argv)), 1)
+
+
+def test_layer_decay_sched_on_updates_grad_checkpointing_and_channels_last_train(data, tmp_path):
+    "The other training flags in one tiny run: timm's layer-decay groups exist, the lr moves every update during warmup."
+    out = tmp_path / 'flags'
+    r = run(train_cmd(data, out, '--epochs', 2, '-b', 8, '--warmup-epochs', 1, '--layer-decay', 0.5, '--sched-on-updates', '--grad-checkpointing',
+                      '--channels-last', '--opt', 'adamw', '--opt-kwargs', '{"betas": [0.9, 0.95]}', '--log-interval', 2, '--pin-mem'))
+    assert r.returncode == 0, r.stderr[-2000:]
+    ck = torch.load(out / 'last.pth.tar', weights_only=False)
+    scales = sorted({round(g['lr_scale'], 6) for g in ck['optimizer']['param_groups']})
+    assert scales == [0.25, 0.5, 1.0], scales          # timm's layers: stem, block 0, then final norm and head: 0.5^(2 - layer id)
+    assert ck['optimizer']['param_groups'][0]['betas'] == [0.9, 0.95] or ck['optimizer']['param_groups'][0]['betas'] == (0.9, 0.95)
+    rows = list(csv.DictReader(open(out / 'metrics.csv')))
+    assert float(rows[0]['lr']) != float(rows[1]['lr'])
