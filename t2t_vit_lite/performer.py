@@ -23,7 +23,7 @@ def positive_random_features(x:torch.Tensor, # (B, L, d) queries or keys
     return torch.exp(F.linear(x, w) - sq)                                  # (B, L, m); w x is one GEMM, 1/sqrt(m) folded in
 
 def performer_attention(q, k, v, w, eps:float=1e-8):
-    "Linear-time FAVOR+ attention, approximating softmax(q k^T) v: (B, L, d) x3 -> (B, L, d), float32."
+    "Linear-time FAVOR+ attention, approximating softmax(q k^T) v: (B, L, d) x3 -> (B, L, d); float32 outside autocast (inside it, call `performer_attention_fp32`)."
     qp, kp = positive_random_features(q, w), positive_random_features(k, w)   # (B, L, m)
     kv = torch.einsum('bld,blm->bdm', v.float(), kp)                          # (B, d, m)
     den = torch.einsum('blm,bm->bl', qp, kp.sum(dim=1)).unsqueeze(-1)         # (B, L, 1)

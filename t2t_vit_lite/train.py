@@ -666,7 +666,7 @@ def run(argv=None) -> dict:
     mixup = make_mixup(args.num_classes, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing)
     loss_fn = SoftTargetCrossEntropy() if mixup else LabelSmoothingCrossEntropy(args.smoothing) if args.smoothing else nn.CrossEntropyLoss()
     n_params = sum(p.numel() for p in state.model.parameters() if p.requires_grad) / 1e6
-    log(f'{args.model} @ {args.img_size}px, {args.num_classes} classes, {n_params:.2f}M params; {world} process(es) on {device.type}, amp={args.amp}, compile={args.compile}')
+    log(f'{args.model} @ {args.img_size}px, {args.num_classes} classes, {n_params:.2f}M params; {world} process(es) on {device.type}{", " + dist.get_backend() if dist.is_initialized() else ""}, amp={args.amp}, compile={args.compile}')
     log(f'total batch {data.per_rank * world * args.accum_steps} = {data.per_rank} x {world} x {args.accum_steps} accum; lr {args.lr:g} for batch {args.lr_base_batch} '
         f'-> lr used {args.lr_used:g}; {args.epochs} epochs ({args.warmup_epochs} warmup), {args.steps_per_epoch} steps/epoch')
     try:
