@@ -1,5 +1,5 @@
 """Export of every variant: torch.export with a dynamic batch equals eager mode, while eager mode keeps its clear
-input errors (chapter 14 holds the ONNX, jit.trace and t2t-export round trips)."""
+input errors (a model built with dynamic_img_size=False refuses another size; the default resamples its position table) (chapter 14 holds the ONNX, jit.trace and t2t-export round trips)."""
 import pytest
 import torch
 import t2t_vit_lite as T
@@ -14,7 +14,8 @@ def test_torch_export_dynamic_batch_equals_eager(name):
     ep = export_program(m)
     x = torch.randn(3, 3, 64, 64)                      # the example had batch 2: batch 3 comes from the symbolic axis
     with torch.no_grad(): assert (ep.module()(x) - m(x)).abs().max() <= 1e-5
-    with pytest.raises(ValueError, match='img_size=96'): m(torch.randn(1, 3, 96, 96))        # eager: still the clear error
+    fixed = T.create_model(name, img_size=64, dynamic_img_size=False).eval()
+    with pytest.raises(ValueError, match='img_size=96'): fixed(torch.randn(1, 3, 96, 96))    # eager, fixed size: still the clear error
     with pytest.raises(Exception): ep.module()(torch.randn(1, 3, 96, 96))                  # exported: its own shape guard
 
 
