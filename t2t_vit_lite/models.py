@@ -74,9 +74,10 @@ def _entry_point(name):
     fn.__doc__ = f"{name}: T2T-ViT with {VARIANTS[name]}"
     return fn
 
-_taken = {n: _model_entrypoints[n].__module__ for n in VARIANTS if n in _model_entrypoints}   # claimed before us: left alone
-for _name in VARIANTS:
-    if _name not in _taken: globals()[_name] = register_model(_entry_point(_name))
+_claimed = {n: _model_entrypoints[n].__module__ for n in VARIANTS if n in _model_entrypoints}
+_taken = {n: m for n, m in _claimed.items() if m.split('.')[0] != 't2t_vit_lite'}   # another code's names: left alone
+for _name in VARIANTS:   # names this package registered already (this notebook re-run after an import) stay as they are
+    if _name not in _claimed: globals()[_name] = register_model(_entry_point(_name))
 if _taken:
     warnings.warn(f'timm already registers {", ".join(sorted(_taken))} (from {", ".join(sorted(set(_taken.values())))}); '
                   'timm.create_model builds those, t2t_vit_lite.create_model builds this package\'s models', stacklevel=2)
