@@ -56,7 +56,7 @@ train: setup
 	$(BIN)/t2t-train --device cpu --output runs/demo --resume auto
 
 # the GPU results table of chapter 13 (needs a CUDA GPU; about 15 minutes on an H100): every run is appended to $(GPU_JSON)
-GPU_JSON ?= nbs/bench/gpu.json
+GPU_JSON ?= t2t_vit_lite/results/gpu.json
 T2T_BENCH ?= $(BIN)/t2t-bench
 GPU_MODELS := timm:deit_small_patch16_224 t2t_vit_t_14 t2t_vit_14 t2t_vit_7
 GPU_RUN = $(T2T_BENCH) --device cuda --amp bf16 --repeats 5 --models $(GPU_MODELS) --save $(GPU_JSON)
