@@ -45,6 +45,17 @@ def run_group(cmd, timeout, log_path, on_poll=None):
         return rc
 
 
+def terminate_after_first_epoch(cmd, out, timeout=240):
+    """Start a training `cmd`, send it SIGTERM once `out` holds the first epoch's checkpoint, and wait for it.
+    Returns the finished Popen (its stderr still readable)."""
+    import signal, time
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV, text=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (pathlib.Path(out) / 'checkpoint-0.pth.tar').exists() and p.poll() is None: time.sleep(0.02)
+    p.send_signal(signal.SIGTERM); p.wait(timeout=120)
+    return p
+
+
 def weights(path, key='state_dict'):
     from t2t_vit_lite.checkpoints import read_checkpoint
     return read_checkpoint(path)[key]

@@ -1,9 +1,8 @@
 """The CUDA path: bf16 and fp16 training steps, resume, torchrun with NCCL. Each test skips without a GPU (CI has none);
 run them on a GPU machine with `python -m pytest tests/test_gpu.py -v`."""
-import os, pathlib, signal, subprocess, time
 import pytest
 import torch
-from helpers import tiny_folder, train_cmd, run, weights, ENV
+from helpers import tiny_folder, train_cmd, run, weights, terminate_after_first_epoch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (none visible)')]
 STEPS = ['--epochs', 1, '--max-steps-per-epoch', 6, '-b', 8, '--no-aug', '--no-ema', '--drop-path', 0, '--warmup-epochs', 0, '--lr', 1e-3]
@@ -82,10 +81,7 @@ def test_resume_on_cuda_ends_where_the_uninterrupted_run_ends(data, tmp_path):
     args = ['--epochs', 3, '-b', 4, '--warmup-epochs', 1, '--resume', 'auto', '--device', 'cuda', '--amp', 'bf16']
     ref, ref2 = _run_to_end(data, tmp_path / 'ref', args), _run_to_end(data, tmp_path / 'ref2', args)
     out = tmp_path / 'term'
-    p = subprocess.Popen(train_cmd(data, out, *args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and not (out / 'checkpoint-0.pth.tar').exists() and p.poll() is None: time.sleep(0.02)
-    p.send_signal(signal.SIGTERM); p.wait(timeout=120)
+    p = terminate_after_first_epoch(train_cmd(data, out, *args), out)
     assert p.returncode == 75, p.stderr.read()[-2000:]
     resumed = _run_to_end(data, out, args)
     noise = max((ref[k].float() - ref2[k].float()).abs().max().item() for k in ref)

@@ -2,7 +2,7 @@
 import csv, os, signal, subprocess, sys, time, pathlib
 import pytest
 import torch
-from helpers import tiny_folder, train_cmd, run, run_group, weights, ENV
+from helpers import tiny_folder, train_cmd, run, run_group, weights, terminate_after_first_epoch, ENV
 
 
 @pytest.fixture(scope='module')
@@ -215,10 +215,7 @@ def test_sigterm_from_outside_exits_75_and_resumes(data, tmp_path):
     ref = run(train_cmd(data, tmp_path / 'ref', *args))
     assert ref.returncode == 0, ref.stderr[-2000:]
     out = tmp_path / 'term'
-    p = subprocess.Popen(train_cmd(data, out, *args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and not (out / 'checkpoint-0.pth.tar').exists() and p.poll() is None: time.sleep(0.02)
-    p.send_signal(signal.SIGTERM); p.wait(timeout=120)
+    p = terminate_after_first_epoch(train_cmd(data, out, *args), out)
     assert p.returncode == 75, p.stderr.read()[-2000:]
     assert 'stopped by SIGTERM' in (out / 'log.txt').read_text()
     res = run(train_cmd(data, out, *args))
