@@ -11,6 +11,7 @@ def figure_cells(nb):
     "Code cells that draw: they call a plotting helper or create a figure."
     cells = json.load(open(nb))['cells']
     return [c for c in cells if c['cell_type'] == 'code' and '#| export' not in ''.join(c['source'])
+            and 'plt.close(' not in ''.join(c['source'])                       # a test that draws and discards
             and re.search(r'plt\.(subplots|imshow)|^\s*(\w+\s*=\s*)?(show|plot|draw)_\w+\(', ''.join(c['source']), re.M)]
 
 
