@@ -27,7 +27,7 @@ def performer_attention(q, k, v, w, eps:float=1e-8):
     qp, kp = positive_random_features(q, w), positive_random_features(k, w)   # (B, L, m)
     kv = torch.einsum('bld,blm->bdm', v.float(), kp)                          # (B, d, m)
     den = torch.einsum('blm,bm->bl', qp, kp.sum(dim=1)).unsqueeze(-1)         # (B, L, 1)
-    return torch.einsum('blm,bdm->bld', qp, kv) / (den + eps)                 # (B, L, d)
+    return torch.einsum('blm,bdm->bld', qp / (den + eps), kv)                 # (B, L, d); divides m values per row, not d (m = d/2 by default)
 
 # %% ../nbs/03_performer.ipynb #b6879381
 @register_notrace_function   # one leaf for timm's torch.fx tools: the autocast switch is not traceable

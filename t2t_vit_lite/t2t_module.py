@@ -8,6 +8,7 @@ from functools import partial
 from typing import Tuple
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from einops import rearrange
 from .soft_split import SoftSplit, split_size, T2T_SCHEDULE
@@ -15,7 +16,28 @@ from .t2t_layer import TokenTransformer, tokens_to_image, image_to_tokens
 from .performer import TokenPerformer
 
 # %% auto #0
-__all__ = ['TOKENS_TYPES', 'PATCH_SCHEDULE', 'Stem', 'T2TModule', 'ConvStem', 'PatchStem', 'make_stem']
+__all__ = ['TOKENS_TYPES', 'PATCH_SCHEDULE', 'split_tokens', 'TokenSplit', 'Stem', 'T2TModule', 'ConvStem', 'PatchStem',
+           'make_stem']
+
+# %% ../nbs/04_t2t_module.ipynb #b2c3d4e5
+def split_tokens(x:torch.Tensor,    # tokens (B, h*w, C) of an h x w grid, row by row
+                 h:int, w:int,      # the grid
+                 kernel_size:int, stride:int, padding:int,   # the soft split (k, s, p), as SoftSplit takes it
+                ) -> torch.Tensor:
+    "`SoftSplit(k, s, p)(tokens_to_image(x, h, w))` bit for bit, gathered in token layout: (B, h*w, C) -> (B, L, C*k*k)."
+    k, s, p = kernel_size, stride, padding
+    x = F.pad(x.unflatten(1, (h, w)), (0, 0, p, p, p, p))                 # (B, h+2p, w+2p, C): padded, still token layout
+    x = x.unfold(1, k, s).unfold(2, k, s).permute(0, 1, 2, 4, 5, 3)       # (B, h', w', k, k, C), a view
+    x = x.flatten(3).unflatten(3, (k * k, -1))                            # copy: runs of k*C contiguous values -> (B, h', w', k*k, C)
+    return x.transpose(3, 4).flatten(3).flatten(1, 2)                     # copy: '(i j) c -> c (i j)', nn.Unfold's order: (B, L, C*k*k)
+
+# %% ../nbs/04_t2t_module.ipynb #b2c3d4e6
+class TokenSplit(SoftSplit):
+    "A `SoftSplit` that also takes tokens (B, h*w, C) with their grid (h, w), re-structured and split in one pass by `split_tokens`."
+    def forward(self, x, h:int=-1, w:int=-1):  # (B, C, H, W), or tokens (B, h*w, C) with h, w -> (B, L, C*k*k)
+        if x.dim() == 4: return split_tokens(image_to_tokens(x), x.shape[-2], x.shape[-1], self.k, self.s, self.p)   # an image's tokens are a view
+        if h < 0 or w < 0: raise ValueError('TokenSplit got tokens (B, L, C) without their grid: call it as split(x, h, w)')
+        return split_tokens(x, h, w, self.k, self.s, self.p)
 
 # %% ../nbs/04_t2t_module.ipynb #4f29d797
 TOKENS_TYPES = ('performer', 'transformer', 'convolution', 'patch')
@@ -65,7 +87,8 @@ class T2TModule(Stem):
                  layer=TokenPerformer):               # T2T layer class, called layer(dim, out_dim)
         super().__init__(img_size, schedule)
         (k0, _, _), (k1, _, _), (k2, _, _) = self.schedule
-        self.soft_split0, self.soft_split1, self.soft_split2 = (SoftSplit(*s) for s in self.schedule)
+        self.soft_split0 = SoftSplit(*self.schedule[0])                                   # cuts the image
+        self.soft_split1, self.soft_split2 = (TokenSplit(*s) for s in self.schedule[1:])   # re-structure and cut tokens
         self.attention1 = layer(in_chans * k0 * k0, token_dim)
         self.attention2 = layer(token_dim * k1 * k1, token_dim)
         self.project = nn.Linear(token_dim * k2 * k2, embed_dim)
@@ -76,10 +99,10 @@ class T2TModule(Stem):
         x = self.soft_split0(x)                             # (B, L0, C*k0*k0), L0 = h0*w0
         if self.grad_checkpointing and not torch.jit.is_scripting(): x = checkpoint(self.attention1, x, use_reentrant=False)
         else: x = self.attention1(x)                        # (B, L0, token_dim)
-        x = self.soft_split1(tokens_to_image(x, h0, w0))    # (B, L1, token_dim*k1*k1)
+        x = self.soft_split1(x, h0, w0)                     # (B, L1, token_dim*k1*k1), from tokens (B, L0, token_dim)
         if self.grad_checkpointing and not torch.jit.is_scripting(): x = checkpoint(self.attention2, x, use_reentrant=False)
         else: x = self.attention2(x)                        # (B, L1, token_dim)
-        x = self.soft_split2(tokens_to_image(x, h1, w1))    # (B, L2, token_dim*k2*k2)
+        x = self.soft_split2(x, h1, w1)                     # (B, L2, token_dim*k2*k2)
         return self.project(x)                              # (B, L2, embed_dim)
 
 class ConvStem(Stem):
