@@ -33,10 +33,8 @@ def split_tokens(x:torch.Tensor,    # tokens (B, h*w, C) of an h x w grid, row b
 
 # %% ../nbs/04_t2t_module.ipynb #b2c3d4e6
 class TokenSplit(SoftSplit):
-    "A `SoftSplit` that also takes tokens (B, h*w, C) with their grid (h, w), re-structured and split in one pass by `split_tokens`."
-    def forward(self, x, h:int=-1, w:int=-1):  # (B, C, H, W), or tokens (B, h*w, C) with h, w -> (B, L, C*k*k)
-        if x.dim() == 4: return split_tokens(image_to_tokens(x), x.shape[-2], x.shape[-1], self.k, self.s, self.p)   # an image's tokens are a view
-        if h < 0 or w < 0: raise ValueError('TokenSplit got tokens (B, L, C) without their grid: call it as split(x, h, w)')
+    "The soft split of tokens (B, h*w, C) on their h x w grid, `split(x, h, w)`: re-structured and split in one pass by `split_tokens`."
+    def forward(self, x, h:int, w:int):  # (B, h*w, C) -> (B, L, C*k*k)
         return split_tokens(x, h, w, self.k, self.s, self.p)
 
 # %% ../nbs/04_t2t_module.ipynb #4f29d797
