@@ -20,9 +20,9 @@ from .data import PAPER_AUG, load_rgb
 from timm.data import create_transform
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'PEAK_TFLOPS', 'PIPELINE_STAGES', 'PeakMemory', 'peak_memory', 'build', 'gpu_peak_tflops', 'make_step',
-           'compare', 'format_rows', 'load_official', 'official_twin', 'make_jpegs', 'pipeline_rate', 'get_parser',
-           'main']
+__all__ = ['OPTIMIZERS', 'PEAK_TFLOPS', 'PIPELINE_STAGES', 'ALLOCATOR_VARS', 'PeakMemory', 'peak_memory', 'build',
+           'gpu_peak_tflops', 'make_step', 'compare', 'format_rows', 'load_official', 'official_twin', 'make_jpegs',
+           'pipeline_rate', 'get_parser', 'allocator_env', 'main']
 
 # %% ../nbs/13_benchmarks.ipynb #f5a494a8
 class PeakMemory(TorchDispatchMode):
@@ -238,8 +238,14 @@ def get_parser():
 
 def _fail(msg): print(f't2t-bench: error: {msg}', file=sys.stderr); sys.exit(2)
 
+ALLOCATOR_VARS = ('GLIBC_TUNABLES', 'LD_PRELOAD')   # and every MALLOC_* variable: glibc's malloc settings, or a replacement allocator
+
+def allocator_env() -> dict:
+    "The environment variables that change how the C allocator gives memory back to the OS (they move CPU timings a lot)."
+    return {k: v for k, v in sorted(os.environ.items()) if k in ALLOCATOR_VARS or k.startswith('MALLOC_')}
+
 def _run_info(a) -> dict:
-    "Date, machine, versions, GPU and driver, and the exact command of this run (for the results file)."
+    "Date, machine, versions, GPU and driver, the exact command and the allocator settings of this run (for the results file)."
     gpu = driver = None
     if a.device == 'cuda':
         gpu = torch.cuda.get_device_name()
@@ -247,7 +253,7 @@ def _run_info(a) -> dict:
         except (OSError, IndexError): pass
     return dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), machine=f'{platform.processor() or platform.machine()}, '
                 f'{torch.get_num_threads()} threads, {os.cpu_count()} cores', torch=torch.__version__, timm=timm.__version__, device=a.device,
-                gpu=gpu, driver=driver, command='t2t-bench ' + ' '.join(sys.argv[1:]))
+                gpu=gpu, driver=driver, command='t2t-bench ' + ' '.join(sys.argv[1:]), allocator=allocator_env())
 
 def _append(path, run:dict):
     "Add `run` to the JSON list in `path` (created if missing), written atomically."
@@ -294,7 +300,8 @@ def main(argv=None):
                channels_last=a.channels_last, train=a.train, optimizer=a.opt, rows=rows, vs_official=pairs)
     if a.save: _append(a.save, run)
     print(json.dumps(rows) if a.json else f'{run["gpu"] or a.device}, batch {a.batch_size}, {a.img_size} px, amp {run["amp"]}, compile {a.compile}, '
-          f'{"train (optimizer " + a.opt + ")" if a.train else "inference"}' + (', channels-last' if a.channels_last else '') + '\n' + format_rows(rows))
+          f'{"train (optimizer " + a.opt + ")" if a.train else "inference"}' + (', channels-last' if a.channels_last else '')
+          + ''.join(f', {k}={v}' for k, v in run['allocator'].items()) + '\n' + format_rows(rows))
     for n, v in pairs.items(): print(f'{n}: {v["speed"]:.2f}x the official speed, {v["memory"]:.2f}x its peak memory', file=sys.stderr if a.json else sys.stdout)
 
 if __name__ == '__main__' and not hasattr(sys, 'ps1') and 'ipykernel' not in sys.modules: main()
