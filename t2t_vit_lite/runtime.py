@@ -4,7 +4,7 @@
 
 # %% ../nbs/06a_runtime.ipynb #ae95f948
 from __future__ import annotations
-import argparse, errno, os, random, tempfile, time
+import argparse, errno, os, random, stat, tempfile, time
 from contextlib import nullcontext
 from pathlib import Path
 import numpy as np
@@ -91,14 +91,21 @@ def _save_error(e:OSError, path:Path) -> SaveError:
     kept = f'the previous {path.name} is intact' if path.exists() else 'nothing was replaced: the files already there are intact'
     return SaveError(f'{why} while writing {path}; {kept}')
 
+def _new_file_mode(path:Path) -> int:
+    "The permission bits `open(path, 'w')` would give: the old file's if it exists, else 0o666 less the umask."
+    if path.exists(): return stat.S_IMODE(path.stat().st_mode)
+    umask = os.umask(0); os.umask(umask)   # read it (there is no getter)
+    return 0o666 & ~umask
+
 def atomic_write(path, write_fn):
-    "Call `write_fn(tmp_path)`, fsync, then rename over `path`: a failure or a crash leaves the old file intact."
+    "Call `write_fn(tmp_path)`, fsync, then rename over `path`: a failure or a crash leaves the old file intact; permissions as `open` would set them."
     path = Path(path); tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp'); os.close(fd)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp'); os.close(fd)   # mkstemp makes it 0o600
         write_fn(tmp)
         with open(tmp, 'rb') as f: os.fsync(f.fileno())
+        os.chmod(tmp, _new_file_mode(path))
         os.replace(tmp, path)
     except BaseException as e:
         if tmp is not None and os.path.exists(tmp): os.remove(tmp)
