@@ -9,7 +9,6 @@ from contextlib import nullcontext
 from typing import List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import Mlp, DropPath, trunc_normal_, resample_abs_pos_embed, register_notrace_function
 from timm.models import checkpoint, checkpoint_seq
 from timm.models._features import feature_take_indices

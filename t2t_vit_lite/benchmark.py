@@ -5,7 +5,6 @@
 # %% ../nbs/13_benchmarks.ipynb #5af18ac6
 from __future__ import annotations
 import argparse, contextlib, datetime, importlib, io, json, os, pathlib, platform, subprocess, sys, tempfile, time, types, weakref
-from contextlib import nullcontext
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -16,13 +15,13 @@ from torch.utils._pytree import tree_flatten
 from .models import create_model, VARIANTS
 from .backbone import count_macs
 from .runtime import add_amp_argument, resolve_amp, autocast_for, atomic_write
-from .data import PAPER_AUG, load_rgb
+from .data import PAPER_AUG, load_rgb, fix_posterize
 from timm.data import create_transform
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'PEAK_TFLOPS', 'PIPELINE_STAGES', 'ALLOCATOR_VARS', 'PeakMemory', 'peak_memory', 'build',
-           'gpu_peak_tflops', 'make_step', 'compare', 'format_rows', 'load_official', 'official_twin', 'make_jpegs',
-           'pipeline_rate', 'get_parser', 'allocator_env', 'main']
+__all__ = ['OPTIMIZERS', 'PEAK_TFLOPS', 'ALLOCATOR_VARS', 'PIPELINE_STAGES', 'PeakMemory', 'peak_memory', 'build',
+           'gpu_peak_tflops', 'make_step', 'compare', 'format_rows', 'load_official', 'official_twin', 'allocator_env',
+           'make_jpegs', 'pipeline_rate', 'get_parser', 'main']
 
 # %% ../nbs/13_benchmarks.ipynb #f5a494a8
 class PeakMemory(TorchDispatchMode):
@@ -184,6 +183,13 @@ def official_twin(name:str, model:nn.Module, root, atol:float=1e-4) -> nn.Module
     assert diff <= atol, f'{name}: official and own logits differ by {diff:.2e} > {atol}'
     return off
 
+# %% ../nbs/13_benchmarks.ipynb #c7d8e9f1
+ALLOCATOR_VARS = ('GLIBC_TUNABLES', 'LD_PRELOAD')   # and every MALLOC_* variable: glibc's malloc settings, or a replacement allocator
+
+def allocator_env(env:dict=None) -> dict:
+    "The variables of `env` (default: this process's environment) that change how the C allocator gives memory back to the OS (they move CPU timings a lot)."
+    return {k: v for k, v in sorted((os.environ if env is None else env).items()) if k in ALLOCATOR_VARS or k.startswith('MALLOC_')}
+
 # %% ../nbs/13_benchmarks.ipynb #dcd9dbd9
 def make_jpegs(folder, n:int=32, size:tuple=(500, 375), seed:int=0) -> list:
     "Write `n` JPEGs of ImageNet's typical size (smooth random colour fields plus grain, quality 90) into `folder`; return their paths."
@@ -200,7 +206,7 @@ PIPELINE_STAGES = ('decode', 'crop_flip', 'randaugment', 'tensor_norm_erase')
 
 def pipeline_rate(paths:list, img_size:int=224, repeats:int=2, **aug) -> dict:
     "Images/s that one CPU core gets through the paper's training transform, in all and per stage (`PIPELINE_STAGES`)."
-    stages = create_transform(img_size, is_training=True, separate=True, **{**PAPER_AUG, **aug})   # (crop+flip, RandAugment, final)
+    stages = fix_posterize(create_transform(img_size, is_training=True, separate=True, **{**PAPER_AUG, **aug}))   # (crop+flip, RandAugment, final)
     threads = torch.get_num_threads(); torch.set_num_threads(1)
     spent = dict.fromkeys(PIPELINE_STAGES, 0.)
     try:
@@ -237,12 +243,6 @@ def get_parser():
     return p
 
 def _fail(msg): print(f't2t-bench: error: {msg}', file=sys.stderr); sys.exit(2)
-
-ALLOCATOR_VARS = ('GLIBC_TUNABLES', 'LD_PRELOAD')   # and every MALLOC_* variable: glibc's malloc settings, or a replacement allocator
-
-def allocator_env() -> dict:
-    "The environment variables that change how the C allocator gives memory back to the OS (they move CPU timings a lot)."
-    return {k: v for k, v in sorted(os.environ.items()) if k in ALLOCATOR_VARS or k.startswith('MALLOC_')}
 
 def _run_info(a) -> dict:
     "Date, machine, versions, GPU and driver, the exact command and the allocator settings of this run (for the results file)."

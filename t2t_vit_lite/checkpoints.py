@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_checkpoints.ipynb #736405ea
 from __future__ import annotations
-import argparse, json, os, re, pickle, warnings, zipfile
+import argparse, json, re, pickle, warnings, zipfile
 from pathlib import Path
 import torch
 import torch.nn as nn

@@ -4,19 +4,21 @@
 
 # %% ../nbs/08_data.ipynb #0c5bffeb
 from __future__ import annotations
-import itertools, os, random, signal, warnings
+import itertools, random, signal
 from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from torchvision.datasets import ImageFolder
 from timm.data import create_transform, Mixup, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data.auto_augment import AugmentOp, posterize as timm_posterize
+from PIL import ImageOps
 
 # %% auto #0
 __all__ = ['IMG_EXTENSIONS', 'PAPER_AUG', 'PAPER_MIXUP', 'DEMO_AUG', 'DataError', 'is_hidden', 'is_image', 'class_folders',
            'check_class_folder', 'check_same_classes', 'split_dirs', 'load_rgb', 'SafeImageFolder', 'collate_skip',
-           'train_transform', 'eval_transform', 'make_mixup', 'digits_folder', 'ResumableSampler', 'ShardSampler',
-           'ignore_stop_signals', 'make_loader']
+           'augment_ops', 'posterize_any_bits', 'fix_posterize', 'train_transform', 'eval_transform', 'make_mixup',
+           'digits_folder', 'ResumableSampler', 'ShardSampler', 'ignore_stop_signals', 'make_loader']
 
 # %% ../nbs/08_data.ipynb #3111edc8
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
@@ -88,7 +90,7 @@ def load_rgb(path):
         return im.convert('RGB')
 
 class SafeImageFolder(ImageFolder):
-    "`ImageFolder` of visible files only, any image mode read as RGB, unreadable images `None` (dropped by `collate_skip`)."
+    "`ImageFolder` of visible files only, any image mode read as RGB; an unreadable image, or one the transform fails on, is `None` with the reason (dropped by `collate_skip`)."
     def __init__(self, root, transform=None, **kwargs):
         super().__init__(root, transform=transform, loader=load_rgb, is_valid_file=lambda p: is_image(p, root), **kwargs)
 
@@ -97,13 +99,16 @@ class SafeImageFolder(ImageFolder):
         if not classes: raise DataError(f'{directory} has no class sub-folders; expected {directory}/<class>/<image>')
         return classes, {c: i for i, c in enumerate(classes)}
 
-    def __getitem__(self, index):
-        try: return super().__getitem__(index)
-        except Exception as e:
-            return None, self.samples[index][0], f'{type(e).__name__}: {e}'
+    def __getitem__(self, index):  # (image, target), or (None, path, reason) for a file that cannot be used
+        path, target = self.samples[index]
+        try: sample = self.loader(path)
+        except Exception as e: return None, path, f'unreadable: {type(e).__name__}: {e}'
+        try: sample = sample if self.transform is None else self.transform(sample)
+        except Exception as e: return None, path, f'read, but the transform failed: {type(e).__name__}: {e}'   # not the file's fault: say so
+        return sample, target if self.target_transform is None else self.target_transform(target)
 
 def collate_skip(batch:list) -> tuple:
-    "Collate (image, target) pairs, dropping unreadable ones: returns (images, targets, [(path, reason), ...])."
+    "Collate (image, target) pairs, dropping the unusable ones: returns (images, targets, [(path, reason), ...])."
     good = [b for b in batch if b[0] is not None]
     skipped = [(b[1], b[2]) for b in batch if b[0] is None]
     if not good: return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
@@ -115,9 +120,27 @@ PAPER_AUG = dict(scale=(0.08, 1.0), hflip=0.5, auto_augment='rand-m9-mstd0.5-inc
 PAPER_MIXUP = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode='batch', label_smoothing=0.1)
 # these two dicts are the augmentation half of the recipe; chapter 09's RECIPE reads its values from them
 
+def augment_ops(tf) -> list:
+    "Every timm `AugmentOp` inside a transform: Compose, RandAugment, AutoAugment's sub-policies, AugMix, or a tuple of them."
+    if isinstance(tf, AugmentOp): return [tf]
+    kids = tf if isinstance(tf, (list, tuple)) else getattr(tf, 'transforms', None) or getattr(tf, 'ops', None) or getattr(tf, 'policy', None)
+    return [op for k in (kids or []) for op in augment_ops(k)]
+
+def posterize_any_bits(img, bits_to_keep:int, **_):
+    "timm's posterize, with 0 bits allowed: nothing kept is a black image (older Pillow's answer; newer Pillow raises ValueError)."
+    if bits_to_keep >= 8: return img
+    if bits_to_keep < 1: return img.point(lambda _: 0)
+    return ImageOps.posterize(img, bits_to_keep)
+
+def fix_posterize(tf):
+    "`tf` with each of timm's posterize ops using `posterize_any_bits`, so that RandAugment at its top magnitude cannot fail."
+    for op in augment_ops(tf):
+        if op.aug_fn is timm_posterize: op.aug_fn = posterize_any_bits
+    return tf
+
 def train_transform(img_size:int=224, **overrides):
-    "The paper's training transform (timm), any value of `PAPER_AUG` overridable."
-    return create_transform(img_size, is_training=True, **{**PAPER_AUG, **overrides})
+    "The paper's training transform (timm), any value of `PAPER_AUG` overridable; posterize to 0 bits gives a black image, not an error."
+    return fix_posterize(create_transform(img_size, is_training=True, **{**PAPER_AUG, **overrides}))
 
 def eval_transform(img_size:int=224, crop_pct:float=0.9, interpolation:str='bicubic', mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD):
     "Evaluation transform: resize to img_size / crop_pct, centre crop img_size, normalise."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_evaluate.ipynb #fec8a1df
 from __future__ import annotations
-import argparse, json, math, os, sys, time
+import argparse, json, sys
 from pathlib import Path
 import torch
 import torch.distributed as dist
@@ -13,7 +13,7 @@ import timm
 from .models import create_model, VARIANTS
 from .checkpoints import load_checkpoint, read_checkpoint, extract_state_dict, CheckpointError
 from .data import SafeImageFolder, ShardSampler, collate_skip, eval_transform, split_dirs, check_class_folder, DataError
-from .runtime import UsageError, setup_distributed, add_amp_argument, resolve_amp, autocast_for, evaluate
+from .runtime import UsageError, setup_distributed, add_amp_argument, resolve_amp, evaluate
 
 # %% auto #0
 __all__ = ['get_parser', 'check_weights', 'check_class_names', 'run', 'main']
@@ -101,7 +101,7 @@ def run(argv=None) -> dict:
         else:
             print(f"{name} @ {kw['img_size']} ({info['source']}) on {res['images']} images of {val_dir}")
             print(f"  top-1 {res['top1']:.3f}%   top-5 {res['top5']:.3f}%   loss {res['loss']:.4f}   {res['images_per_s']:.1f} images/s")
-            for f, why in res['skipped_files']: print(f'  skipped unreadable image: {f} ({why})')
+            for f, why in res['skipped_files']: print(f'  skipped image {f}: {why}')
     if dist.is_initialized(): dist.destroy_process_group()
     return res
 

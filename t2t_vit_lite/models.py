@@ -5,14 +5,11 @@
 # %% ../nbs/06_models.ipynb #e01d26da
 from __future__ import annotations
 import warnings
-import torch
-import torch.nn as nn
-import timm
 from timm.models import register_model, build_model_with_cfg, generate_default_cfgs
 from timm.models._features import FeatureGetterNet
 from timm.models._builder import pretrained_cfg_for_features
-from timm.models._registry import get_arch_name, _model_entrypoints
-from .backbone import T2TViT, count_params, count_macs
+from timm.models._registry import _model_entrypoints
+from .backbone import T2TViT
 
 # %% auto #0
 __all__ = ['VARIANTS', 'FIRST_LAYER', 'default_cfgs', 'list_models', 'create_model']

@@ -4,7 +4,6 @@
 
 # %% ../nbs/01_soft_split.ipynb #c0426fe2
 from __future__ import annotations
-import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -9,7 +9,6 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import rearrange
 from timm.layers import Mlp, DropPath
 
 # %% auto #0

@@ -10,9 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
-from einops import rearrange
 from .soft_split import SoftSplit, split_size, T2T_SCHEDULE
-from .t2t_layer import TokenTransformer, tokens_to_image, image_to_tokens
+from .t2t_layer import TokenTransformer, image_to_tokens
 from .performer import TokenPerformer
 
 # %% auto #0

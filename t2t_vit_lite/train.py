@@ -19,7 +19,7 @@ from timm.utils import ModelEmaV3, NativeScaler, unwrap_model
 from .backbone import T2TViT
 from .models import create_model, VARIANTS
 from .checkpoints import read_checkpoint, extract_state_dict, load_checkpoint, CheckpointError
-from .data import (SafeImageFolder, ShardSampler, make_loader, split_dirs, class_folders, train_transform, eval_transform,
+from .data import (SafeImageFolder, ShardSampler, make_loader, split_dirs, train_transform, eval_transform,
                                make_mixup, digits_folder, collate_skip, DEMO_AUG, PAPER_AUG, PAPER_MIXUP, DataError)
 from .runtime import (tqdm, UsageError, SaveError, setup_distributed, add_amp_argument, resolve_amp, autocast_for, seed_epoch,
                                   rng_state, set_rng_state, atomic_write, torch_save, clean_temp_files, evaluate)
@@ -440,7 +440,7 @@ def train_one_epoch(model, state:TrainState, loader, loss_fn, mixup, device, arg
     i = state.batch
     for i, (x, y, bad) in enumerate(bar, start=state.batch):
         if limit and i >= limit: break
-        for path, why in bad: log(f'warning: skipped unreadable image {path} ({why})')
+        for path, why in bad: log(f'warning: skipped image {path}: {why}')
         h.skipped += len(bad)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if args.channels_last: x = x.contiguous(memory_format=torch.channels_last)
@@ -648,10 +648,10 @@ def start_run(argv, rank:int, world:int, device) -> tuple:
     return args, data, state, log, out
 
 def validate(state:TrainState, data, device, args, log) -> tuple:
-    "Raw and EMA top-1/top-5 on the validation set; unreadable images are named in the log."
+    "Raw and EMA top-1/top-5 on the validation set; each skipped image is named in the log with its reason."
     ev = evaluate(state.model, data.val, device, args.amp, progress=False)
     eev = evaluate(state.ema.module, data.val, device, args.amp, progress=False) if state.ema is not None else ev
-    for path, why in ev['skipped_files']: log(f'warning: skipped unreadable image {path} in validation ({why})')
+    for path, why in ev['skipped_files']: log(f'warning: skipped image {path} in validation: {why}')
     return ev, eev
 
 # %% ../nbs/09_train.ipynb #3e60f02f

@@ -91,7 +91,7 @@ def test_corrupt_image_is_skipped_and_counted(data, tmp_path):
     r = run(train_cmd(d, tmp_path / 'out', '--epochs', 1, '-b', 33, '--no-ema', '--warmup-epochs', 0))
     assert r.returncode == 0, r.stderr[-2000:]
     log = (tmp_path / 'out' / 'log.txt').read_text()
-    assert 'skipped unreadable image' in log and 'zz_broken.png' in log
+    assert 'skipped image' in log and 'zz_broken.png: unreadable: ' in log
     assert list(csv.DictReader(open(tmp_path / 'out' / 'metrics.csv')))[0]['skipped'] == '1'
 
 
@@ -340,7 +340,7 @@ def test_hidden_folders_are_not_classes_and_bad_validation_images_are_named(data
     r = run(train_cmd(d, tmp_path / 'out', '--epochs', 1, '-b', 8, '--no-ema', '--warmup-epochs', 0))
     assert r.returncode == 0, r.stderr[-2000:]
     log = (tmp_path / 'out' / 'log.txt').read_text()
-    assert '4 classes' in log and 'skipped unreadable image' in log and 'zz_broken.png in validation' in log
+    assert '4 classes' in log and 'skipped image' in log and 'zz_broken.png in validation: unreadable: ' in log
     ck = torch.load(tmp_path / 'out' / 'last.pth.tar', weights_only=False)
     assert ck['class_names'] == ['0', '1', '2', '3'] and ck['model_kwargs']['embed_dim'] == 32
 
