@@ -1,7 +1,9 @@
 """Sphinx extension: drop repeated <script> entries from each page.
 
 sphinx-thebe (loaded by Jupyter Book 1) adds its inline `const THEBE_JS_URL = ...` script once per reading pass,
-so a page built after notebook execution declares the constant twice and the browser raises a SyntaxError."""
+so a page built after notebook execution declares the constant twice and the browser raises a SyntaxError.
+The list is edited in place: sphinx.ext.mathjax adds its script to the same list later in this event (a new list
+hid it, and no page loaded MathJax)."""
 
 
 def _unique(app, pagename, templatename, context, doctree):
@@ -9,7 +11,7 @@ def _unique(app, pagename, templatename, context, doctree):
     for js in context.get('script_files', []):
         key = (getattr(js, 'filename', str(js)) or '', repr(sorted(getattr(js, 'attributes', {}).items())))   # None and '' both mean inline
         if key not in seen: seen.add(key); kept.append(js)
-    context['script_files'] = kept
+    context['script_files'][:] = kept   # in place: it is the builder's list, and handlers after this one (MathJax's) append to it
 
 
 def setup(app):

@@ -24,3 +24,29 @@ def test_chapter_page_shows_its_figures(nb):
     for img in images:
         f = HTML / '_images' / img
         assert f.exists() and f.stat().st_size > 1000, f'{img} is missing or empty'
+
+
+PAGES = sorted(HTML.glob('nbs/*.html')) + [HTML / 'index.html']
+
+
+@pytest.mark.parametrize('page', PAGES, ids=lambda p: p.stem)
+def test_pages_with_maths_load_mathjax(page):
+    html = page.read_text()
+    if 'class="math notranslate' not in html: pytest.skip('no maths on this page')
+    assert re.search(r'<script[^>]+src="[^"]*mathjax[^"]*"', html, re.I), f'{page.name} has maths but no MathJax script'
+
+
+@pytest.mark.parametrize('page', PAGES, ids=lambda p: p.stem)
+def test_computed_markdown_renders_tables_and_maths(page):
+    "A Markdown table or $maths$ that a cell computes must not reach the reader as raw text in a paragraph."
+    paragraphs = re.findall(r'<p>(.*?)</p>', page.read_text(), re.S)
+    raw_tables = [p[:80] for p in paragraphs if re.search(r'\|\s*(---|\u2014)\s*\|', p)]
+    raw_maths = [p[:80] for p in paragraphs if re.search(r'(?<!\\)\$[^$<\s][^$<]*\$', p)]
+    assert raw_tables == [] and raw_maths == [], f'{page.name}: raw tables {raw_tables}, raw maths {raw_maths}'
+
+
+@pytest.mark.parametrize('page', PAGES, ids=lambda p: p.stem)
+def test_no_page_shows_nbdev_directives_or_the_colab_setup(page):
+    "`#| default_exp` and the Colab install cell are for nbdev and Colab, not for the reader (they carry the remove-cell tag)."
+    html = page.read_text()
+    assert 'default_exp' not in html and 'Colab only' not in html, f'{page.name} shows a set-up cell'
