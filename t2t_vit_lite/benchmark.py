@@ -15,8 +15,7 @@ from torch.utils._pytree import tree_flatten
 from .models import create_model, VARIANTS
 from .backbone import count_macs
 from .runtime import add_amp_argument, resolve_amp, autocast_for, atomic_write
-from .data import PAPER_AUG, load_rgb, fix_posterize
-from timm.data import create_transform
+from .data import load_rgb, train_transform
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'PEAK_TFLOPS', 'ALLOCATOR_VARS', 'PIPELINE_STAGES', 'PeakMemory', 'peak_memory', 'build',
@@ -206,7 +205,7 @@ PIPELINE_STAGES = ('decode', 'crop_flip', 'randaugment', 'tensor_norm_erase')
 
 def pipeline_rate(paths:list, img_size:int=224, repeats:int=2, **aug) -> dict:
     "Images/s that one CPU core gets through the paper's training transform, in all and per stage (`PIPELINE_STAGES`)."
-    stages = fix_posterize(create_transform(img_size, is_training=True, separate=True, **{**PAPER_AUG, **aug}))   # (crop+flip, RandAugment, final)
+    stages = train_transform(img_size, separate=True, **aug)   # (crop+flip, RandAugment, final)
     threads = torch.get_num_threads(); torch.set_num_threads(1)
     spent = dict.fromkeys(PIPELINE_STAGES, 0.)
     try:

@@ -12,7 +12,6 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from torchvision.datasets import ImageFolder
 from timm.data import create_transform, Mixup, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data.auto_augment import AugmentOp, posterize as timm_posterize
-from PIL import ImageOps
 
 # %% auto #0
 __all__ = ['IMG_EXTENSIONS', 'PAPER_AUG', 'PAPER_MIXUP', 'DEMO_AUG', 'DataError', 'is_hidden', 'is_image', 'class_folders',
@@ -126,11 +125,9 @@ def augment_ops(tf) -> list:
     kids = tf if isinstance(tf, (list, tuple)) else getattr(tf, 'transforms', None) or getattr(tf, 'ops', None) or getattr(tf, 'policy', None)
     return [op for k in (kids or []) for op in augment_ops(k)]
 
-def posterize_any_bits(img, bits_to_keep:int, **_):
+def posterize_any_bits(img, bits_to_keep:int, **kwargs):
     "timm's posterize, with 0 bits allowed: nothing kept is a black image (older Pillow's answer; newer Pillow raises ValueError)."
-    if bits_to_keep >= 8: return img
-    if bits_to_keep < 1: return img.point(lambda _: 0)
-    return ImageOps.posterize(img, bits_to_keep)
+    return img.point(lambda _: 0) if bits_to_keep < 1 else timm_posterize(img, bits_to_keep, **kwargs)
 
 def fix_posterize(tf):
     "`tf` with each of timm's posterize ops using `posterize_any_bits`, so that RandAugment at its top magnitude cannot fail."
