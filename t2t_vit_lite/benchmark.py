@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_benchmarks.ipynb #5af18ac6
 from __future__ import annotations
-import argparse, contextlib, datetime, importlib, io, json, os, pathlib, platform, subprocess, sys, tempfile, time, types, weakref
+import argparse, contextlib, datetime, importlib, io, json, os, pathlib, platform, shlex, subprocess, sys, tempfile, time, types, weakref
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -243,7 +243,7 @@ def get_parser():
 
 def _fail(msg): print(f't2t-bench: error: {msg}', file=sys.stderr); sys.exit(2)
 
-def _run_info(a) -> dict:
+def _run_info(a, argv:list) -> dict:
     "Date, machine, versions, GPU and driver, the exact command and the allocator settings of this run (for the results file)."
     gpu = driver = None
     if a.device == 'cuda':
@@ -252,17 +252,17 @@ def _run_info(a) -> dict:
         except (OSError, IndexError): pass
     return dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), machine=f'{platform.processor() or platform.machine()}, '
                 f'{torch.get_num_threads()} threads, {os.cpu_count()} cores', torch=torch.__version__, timm=timm.__version__, device=a.device,
-                gpu=gpu, driver=driver, command='t2t-bench ' + ' '.join(sys.argv[1:]), allocator=allocator_env())
+                gpu=gpu, driver=driver, command=shlex.join(['t2t-bench', *argv]), allocator=allocator_env())
 
 def _append(path, run:dict):
     "Add `run` to the JSON list in `path` (created if missing), written atomically."
     f = pathlib.Path(path); runs = json.loads(f.read_text()) if f.exists() else []
     f.parent.mkdir(parents=True, exist_ok=True); atomic_write(f, lambda t: pathlib.Path(t).write_text(json.dumps(runs + [run], indent=1)))
 
-def _pipeline_main(a):
+def _pipeline_main(a, argv:list):
     "`t2t-bench --pipeline`: images/s per CPU core through the paper's training transform, on generated ImageNet-size JPEGs."
     with tempfile.TemporaryDirectory() as d: r = pipeline_rate(make_jpegs(d, a.pipeline_images), a.img_size)
-    run = dict(_run_info(a), kind='pipeline', img_size=a.img_size, **r)
+    run = dict(_run_info(a, argv), kind='pipeline', img_size=a.img_size, **r)
     if a.save: _append(a.save, run)
     if a.json: print(json.dumps(r)); return
     print(f"paper's training transform, one CPU core, {a.pipeline_images} generated 500x375 JPEGs -> {a.img_size} px: {r['images_per_s']:.0f} images/s")
@@ -270,6 +270,7 @@ def _pipeline_main(a):
 
 def main(argv=None):
     "Entry point of `t2t-bench` and `python -m t2t_vit_lite.benchmark`."
+    argv = sys.argv[1:] if argv is None else [str(x) for x in argv]     # what the results file records as the command
     a = get_parser().parse_args(argv)
     unknown = [n for n in a.models if not n.startswith('timm:') and n not in VARIANTS]
     if unknown: _fail(f'unknown model(s) {unknown}; use {", ".join(VARIANTS)} or timm:<name>')
@@ -281,7 +282,7 @@ def main(argv=None):
     if a.peak_tflops is not None and not a.peak_tflops > 0: _fail(f'--peak-tflops must be a number above 0, got {a.peak_tflops}')
     if a.threads: torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    if a.pipeline: return _pipeline_main(a)
+    if a.pipeline: return _pipeline_main(a, argv)
     extra = {}
     if a.official:
         try: load_official(a.official)
@@ -295,7 +296,7 @@ def main(argv=None):
     r = {x['model']: x for x in rows}
     pairs = {n: dict(speed=r[n]['images_per_s'] / r[f'official:{n}']['images_per_s'], memory=r[n]['peak_mib'] / r[f'official:{n}']['peak_mib'])
              for n in VARIANTS if f'official:{n}' in r}
-    run = dict(_run_info(a), batch_size=a.batch_size, img_size=a.img_size, amp=resolve_amp(a.device, a.amp), compile=a.compile,
+    run = dict(_run_info(a, argv), batch_size=a.batch_size, img_size=a.img_size, amp=resolve_amp(a.device, a.amp), compile=a.compile,
                channels_last=a.channels_last, train=a.train, optimizer=a.opt, rows=rows, vs_official=pairs)
     if a.save: _append(a.save, run)
     print(json.dumps(rows) if a.json else f'{run["gpu"] or a.device}, batch {a.batch_size}, {a.img_size} px, amp {run["amp"]}, compile {a.compile}, '

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_evaluate.ipynb #fec8a1df
 from __future__ import annotations
-import argparse, json, sys
+import argparse, json, sys, warnings
 from pathlib import Path
 import torch
 import torch.distributed as dist
@@ -16,7 +16,7 @@ from .data import SafeImageFolder, ShardSampler, collate_skip, eval_transform, s
 from .runtime import UsageError, setup_distributed, add_amp_argument, resolve_amp, evaluate
 
 # %% auto #0
-__all__ = ['get_parser', 'check_weights', 'check_class_names', 'run', 'main']
+__all__ = ['get_parser', 'model_spec', 'check_weights', 'check_class_names', 'run', 'main']
 
 # %% ../nbs/10_evaluate.ipynb #48243ff2
 def get_parser():
@@ -36,8 +36,9 @@ def get_parser():
     p.add_argument('--json', action='store_true', help='print one JSON object instead of the table')
     return p
 
-def _model_from_checkpoint(args, ckpt:dict) -> tuple:
-    "Name, keyword arguments and class names of the model: --model, else our checkpoint's args or our export's metadata."
+def model_spec(args, # a command line's flags: .model and .img_size (None: not given) and .checkpoint (its path)
+               ckpt:dict) -> tuple:
+    "(name, keyword arguments, class names) of the model to build: --model, else our checkpoint's args or our export's metadata."
     saved = ckpt.get('args') if isinstance(ckpt, dict) else None
     saved = vars(saved) if isinstance(saved, argparse.Namespace) else (saved or {})
     meta = ckpt.get('metadata') or {}
@@ -56,7 +57,8 @@ def check_weights(ckpt:dict, use_ema:bool, path) -> str:
     sd, where = extract_state_dict(ckpt, use_ema, path)
     bad = {k: int((~torch.isfinite(v)).sum()) for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()}
     if not bad: return ''
-    return (f'{path} ({where}) holds {sum(bad.values())} NaN/infinite values in {len(bad)} of {len(sd)} tensors '
+    n = sum(bad.values())
+    return (f'{path} ({where}) holds {n} NaN/infinite value{"s" if n != 1 else ""} in {len(bad)} of {len(sd)} tensors '
             f'(first: {next(iter(bad))}); the run that saved it diverged')
 
 def check_class_names(names:list, folder_names:list, folder):
@@ -75,7 +77,7 @@ def run(argv=None) -> dict:
         if args.batch_size < 1 or args.workers < 0: raise UsageError(f'-b/--batch-size must be at least 1 and --workers 0 or more (got {args.batch_size}, {args.workers})')
         val_dir = split_dirs(root, need_train=False)[1] if any((root / n).is_dir() for n in ('val', 'validation')) else check_class_folder(root, 'data')
         ckpt = read_checkpoint(args.checkpoint)
-        name, kw, names = _model_from_checkpoint(args, ckpt)
+        name, kw, names = model_spec(args, ckpt)
         rank, world, _, device = setup_distributed(args.device)
         amp = resolve_amp(device, args.amp)
         ds = SafeImageFolder(val_dir)
@@ -87,7 +89,9 @@ def run(argv=None) -> dict:
         bad = check_weights(ckpt, not args.no_ema, args.checkpoint)
         if bad and not args.allow_nonfinite: raise UsageError(f'{bad}; its scores would mean nothing (pass --allow-nonfinite to score it anyway)')
         if bad and rank == 0: print(f't2t-eval: WARNING: {bad}; scoring it anyway (--allow-nonfinite)', file=sys.stderr)
-        info = load_checkpoint(model, args.checkpoint, use_ema=not args.no_ema)
+        with warnings.catch_warnings(record=True) as notes:    # a load that fails says all in its error: no warning before it
+            warnings.simplefilter('always'); info = load_checkpoint(model, args.checkpoint, use_ema=not args.no_ema)
+        for n in notes: print(f't2t-eval: note: {n.message}', file=sys.stderr)
         cfg = timm.data.resolve_model_data_config(model)
         ds.transform = eval_transform(cfg['input_size'][-1], cfg['crop_pct'], cfg['interpolation'], cfg['mean'], cfg['std'])
         dl = DataLoader(ds, batch_size=args.batch_size, sampler=ShardSampler(len(ds), rank, world), num_workers=args.workers,

@@ -8,7 +8,9 @@ import argparse, importlib.util, pathlib, sys, warnings
 import torch
 import torch.nn as nn
 from .models import create_model, VARIANTS
-from .checkpoints import read_checkpoint, extract_state_dict, load_checkpoint, CheckpointError
+from .checkpoints import read_checkpoint, load_checkpoint, CheckpointError
+from .evaluate import model_spec
+from .runtime import UsageError
 
 # %% auto #0
 __all__ = ['export_program', 'export_onnx', 'run_onnx', 'verify', 'get_parser', 'main']
@@ -53,11 +55,12 @@ def verify(path, model:nn.Module, fmt:str, batch:int=3) -> float:
 
 def get_parser():
     p = argparse.ArgumentParser('t2t-export', description='Export a T2T-ViT to ONNX or a torch.export .pt2 file, then verify it.')
-    p.add_argument('--model', required=True, help=f'one of {", ".join(VARIANTS)}')
+    p.add_argument('--model', default=None, help=f'one of {", ".join(VARIANTS)} (default: from the checkpoint\'s args or metadata)')
     p.add_argument('--checkpoint', required=True, metavar='FILE', help='weights: official, mmpretrain, own or .safetensors')
     p.add_argument('--format', required=True, choices=['onnx', 'pt2'])
     p.add_argument('--output', metavar='FILE', help='default: <checkpoint name>.<format> beside the checkpoint')
-    p.add_argument('--img-size', type=int, default=224); p.add_argument('--atol', type=float, default=1e-4)
+    p.add_argument('--img-size', type=int, default=None, help='input size (default: the checkpoint\'s, else 224)')
+    p.add_argument('--atol', type=float, default=1e-4, help='largest |difference| from eager PyTorch the check accepts')
     return p
 
 def _fail(msg): print(f't2t-export: error: {msg}', file=sys.stderr); sys.exit(2)
@@ -65,15 +68,17 @@ def _fail(msg): print(f't2t-export: error: {msg}', file=sys.stderr); sys.exit(2)
 def main(argv=None):
     "Entry point of `t2t-export` and `python -m t2t_vit_lite.export`."
     a = get_parser().parse_args(argv)
-    if a.model not in VARIANTS: _fail(f'unknown model {a.model!r}; use one of {", ".join(VARIANTS)}')
+    if a.model is not None and a.model not in VARIANTS: _fail(f'unknown model {a.model!r}; use one of {", ".join(VARIANTS)}')
     missing = [m for m in ('onnx', 'onnxscript', 'onnxruntime') if importlib.util.find_spec(m) is None] if a.format == 'onnx' else []
     if missing: _fail(f'--format onnx needs {", ".join(missing)}; install with: pip install onnx onnxscript onnxruntime (or use --format pt2)')
     try:
-        sd, _ = extract_state_dict(read_checkpoint(a.checkpoint), path=a.checkpoint)
-        num_classes = sd['head.weight'].shape[0] if 'head.weight' in sd else 1000
-        model = create_model(a.model, img_size=a.img_size, num_classes=num_classes)
-        load_checkpoint(model, a.checkpoint)
-    except (FileNotFoundError, CheckpointError) as e: _fail(str(e).replace('\n', ' '))
+        name, kw, _ = model_spec(a, read_checkpoint(a.checkpoint))     # as t2t-eval does (chapter 10): our files name their model
+        if name not in VARIANTS: raise UsageError(f'{a.checkpoint} names model {name!r}, which is not one of {", ".join(VARIANTS)}')
+        model = create_model(name, **kw)
+        with warnings.catch_warnings(record=True) as notes:        # a load that fails says all in its error: no warning before it
+            warnings.simplefilter('always'); load_checkpoint(model, a.checkpoint)
+    except (FileNotFoundError, CheckpointError, UsageError) as e: _fail(str(e).replace('\n', ' '))
+    for n in notes: print(f't2t-export: note: {n.message}', file=sys.stderr)
     out = pathlib.Path(a.output or pathlib.Path(a.checkpoint).with_suffix(f'.{a.format}'))
     if a.format == 'onnx': export_onnx(model, out)
     else: torch.export.save(export_program(model), str(out))

@@ -28,6 +28,13 @@ def run(cmd, timeout=300, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV, **kw)
 
 
+def script(name):
+    "The path of console script `name` (t2t-train, t2t-eval, ...) installed beside this Python."
+    exe = shutil.which(name, path=str(pathlib.Path(sys.executable).parent)) or shutil.which(name)
+    assert exe, f'{name} is not installed'
+    return exe
+
+
 def run_group(cmd, timeout, log_path, on_poll=None):
     """Run `cmd` in its own process group, output to `log_path`; call `on_poll(proc)` every 50 ms. On timeout the
     whole group is killed (orphaned torchrun workers included). Returns the exit code, or None on timeout."""

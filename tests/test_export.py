@@ -46,3 +46,26 @@ def test_onnx_export_without_its_packages_exits_2_before_any_work(monkeypatch, c
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith('t2t-export: error: --format onnx needs onnxscript;') and 'pip install' in err and '\n' not in err, err
+
+
+def test_console_scripts_export_and_bench_read_the_checkpoint_and_refuse_in_one_line(tmp_path):
+    """`t2t-export` and `t2t-bench` as real commands (the chapters call their `main` in-process): t2t-export rebuilds
+    the model from our file's metadata without --model and verifies the .pt2; bad input is one line and exit 2, with
+    no Python warning before it, even with warnings shown."""
+    import os, subprocess
+    from helpers import script
+    env = dict(os.environ, PYTHONWARNINGS='default', OMP_NUM_THREADS='1')
+    def cli(*args): return subprocess.run([*map(str, args)], capture_output=True, text=True, timeout=300, env=env)
+    ck = T.save_checkpoint(T.create_model('t2t_vit_7', num_classes=10, img_size=64), tmp_path / 'seven.safetensors')
+    r = cli(script('t2t-export'), '--checkpoint', ck, '--format', 'pt2')                 # no --model, no --img-size
+    assert r.returncode == 0 and 'verified' in r.stdout, r.stderr
+    assert torch.export.load(str(tmp_path / 'seven.pt2')).module()(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+    torch.save({'state_dict': T.create_model('t2t_vit_7').state_dict()}, tmp_path / 'plain.pth')   # names no model
+    for args, msg in [(('--checkpoint', tmp_path / 'plain.pth', '--format', 'pt2'), '--model is needed'),
+                      (('--model', 't2t_vit_14', '--checkpoint', ck, '--format', 'pt2'), 'does not fit the model t2t_vit_14')]:
+        r = cli(script('t2t-export'), *args)
+        assert r.returncode == 2 and r.stderr.startswith('t2t-export: error:') and msg in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = cli(script('t2t-bench'), '--models', 'vit_tiny')
+    assert r.returncode == 2 and r.stderr.startswith('t2t-bench: error:') and 'unknown model' in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -2,7 +2,7 @@
 import csv, os, signal, subprocess, sys, time, pathlib
 import pytest
 import torch
-from helpers import tiny_folder, train_cmd, run, run_group, weights, terminate_after_first_epoch, ENV
+from helpers import tiny_folder, train_cmd, run, run_group, weights, terminate_after_first_epoch, script, ENV
 
 
 @pytest.fixture(scope='module')
@@ -140,31 +140,24 @@ def test_gradient_accumulation_equals_the_full_batch(data, tmp_path):
     for k in a: torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
-def _script(name):
-    import shutil
-    exe = shutil.which(name, path=str(pathlib.Path(sys.executable).parent)) or shutil.which(name)
-    assert exe, f'{name} is not installed'
-    return exe
-
-
 def test_console_scripts_train_then_evaluate_agree(data, tmp_path):
     """`t2t-train` then `t2t-eval` on its best checkpoint, the model rebuilt from the checkpoint's own args: both
     exit 0, and t2t-eval's top-1 equals the EMA top-1 that training logged for that checkpoint."""
     import json
     out = tmp_path / 'run'
     cmd = train_cmd(data, out, '--epochs', 2, '-b', 8, '--warmup-epochs', 0)
-    assert run([_script('t2t-bench'), '--help']).returncode == 0
-    r = run([_script('t2t-train')] + cmd[3:])
+    assert run([script('t2t-bench'), '--help']).returncode == 0
+    r = run([script('t2t-train')] + cmd[3:])
     assert r.returncode == 0, r.stdout[-1000:] + r.stderr[-2000:]
     ck = torch.load(out / 'model_best.pth.tar', weights_only=False)
-    r = run([_script('t2t-eval'), '--checkpoint', str(out / 'model_best.pth.tar'), '--data', str(data), '--workers', '0', '--json'])
+    r = run([script('t2t-eval'), '--checkpoint', str(out / 'model_best.pth.tar'), '--data', str(data), '--workers', '0', '--json'])
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res['img_size'] == 16 and res['images'] == 8 and res['weights'] == 'state_dict_ema'
     assert abs(res['top1'] - ck['metric']) < 1e-9, (res['top1'], ck['metric'])
     import shutil                                   # a folder with other class names is refused (class names are in the checkpoint)
     other = tmp_path / 'other'; shutil.copytree(data, other); (other / 'val' / '3').rename(other / 'val' / 'zebra')
-    r = run([_script('t2t-eval'), '--checkpoint', str(out / 'model_best.pth.tar'), '--data', str(other), '--workers', '0'])
+    r = run([script('t2t-eval'), '--checkpoint', str(out / 'model_best.pth.tar'), '--data', str(other), '--workers', '0'])
     assert r.returncode == 2 and "3: '3' vs 'zebra'" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
@@ -534,7 +527,7 @@ def test_finetune_to_other_classes_and_size_then_eval_at_its_own_size(data, tmp_
     lrs = {g['lr_scale']: g['lr'] for g in ck['optimizer']['param_groups']}
     assert set(lrs) == {1., 0.01} and abs(lrs[0.01] / lrs[1.] - 0.01) < 1e-12, lrs
     assert ck['args'].opt == 'momentum' and ck['args'].weight_decay == 5e-4 and ck['args'].epochs == 1   # the recipe, --epochs overriding it
-    r = run([_script('t2t-eval'), '--checkpoint', str(out / 'last.pth.tar'), '--data', str(three), '--workers', '0', '--json'])
+    r = run([script('t2t-eval'), '--checkpoint', str(out / 'last.pth.tar'), '--data', str(three), '--workers', '0', '--json'])
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res['img_size'] == 24 and res['images'] == 6
