@@ -90,7 +90,7 @@ def run(argv=None) -> dict:
         if bad and not args.allow_nonfinite: raise UsageError(f'{bad}; its scores would mean nothing (pass --allow-nonfinite to score it anyway)')
         if bad and rank == 0: print(f't2t-eval: WARNING: {bad}; scoring it anyway (--allow-nonfinite)', file=sys.stderr)
         with warnings.catch_warnings(record=True) as notes:    # a load that fails says all in its error: no warning before it
-            warnings.simplefilter('always'); info = load_checkpoint(model, args.checkpoint, use_ema=not args.no_ema)
+            warnings.simplefilter('always', UserWarning); info = load_checkpoint(model, args.checkpoint, use_ema=not args.no_ema)
         for n in notes: print(f't2t-eval: note: {n.message}', file=sys.stderr)
         cfg = timm.data.resolve_model_data_config(model)
         ds.transform = eval_transform(cfg['input_size'][-1], cfg['crop_pct'], cfg['interpolation'], cfg['mean'], cfg['std'])

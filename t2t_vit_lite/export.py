@@ -76,7 +76,7 @@ def main(argv=None):
         if name not in VARIANTS: raise UsageError(f'{a.checkpoint} names model {name!r}, which is not one of {", ".join(VARIANTS)}')
         model = create_model(name, **kw)
         with warnings.catch_warnings(record=True) as notes:        # a load that fails says all in its error: no warning before it
-            warnings.simplefilter('always'); load_checkpoint(model, a.checkpoint)
+            warnings.simplefilter('always', UserWarning); load_checkpoint(model, a.checkpoint)
     except (FileNotFoundError, CheckpointError, UsageError) as e: _fail(str(e).replace('\n', ' '))
     for n in notes: print(f't2t-export: note: {n.message}', file=sys.stderr)
     out = pathlib.Path(a.output or pathlib.Path(a.checkpoint).with_suffix(f'.{a.format}'))
