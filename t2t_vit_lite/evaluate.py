@@ -16,7 +16,7 @@ from .data import SafeImageFolder, ShardSampler, collate_skip, eval_transform, s
 from .runtime import UsageError, setup_distributed, add_amp_argument, resolve_amp, evaluate
 
 # %% auto #0
-__all__ = ['get_parser', 'model_spec', 'check_weights', 'check_class_names', 'run', 'main']
+__all__ = ['get_parser', 'model_spec', 'load_with_notes', 'check_weights', 'check_class_names', 'run', 'main']
 
 # %% ../nbs/10_evaluate.ipynb #48243ff2
 def get_parser():
@@ -51,6 +51,13 @@ def model_spec(args, # a command line's flags: .model and .img_size (None: not g
     if head is not None: kw['num_classes'] = head.shape[0]     # the head the weights were trained with
     names = ckpt.get('class_names') or (json.loads(meta['class_names']) if 'class_names' in meta else None)
     return name, kw, names
+
+def load_with_notes(model, path, tool:str, **kw) -> dict:
+    "`load_checkpoint` for a command line: a failed load raises with no warning printed before it; after a good one its warnings print as `<tool>: note: ...`."
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter('always', UserWarning); info = load_checkpoint(model, path, **kw)
+    for n in notes: print(f'{tool}: note: {n.message}', file=sys.stderr)
+    return info
 
 def check_weights(ckpt:dict, use_ema:bool, path) -> str:
     "A description of the non-finite values in the weights that will be scored, or '' when all are finite."
@@ -89,9 +96,7 @@ def run(argv=None) -> dict:
         bad = check_weights(ckpt, not args.no_ema, args.checkpoint)
         if bad and not args.allow_nonfinite: raise UsageError(f'{bad}; its scores would mean nothing (pass --allow-nonfinite to score it anyway)')
         if bad and rank == 0: print(f't2t-eval: WARNING: {bad}; scoring it anyway (--allow-nonfinite)', file=sys.stderr)
-        with warnings.catch_warnings(record=True) as notes:    # a load that fails says all in its error: no warning before it
-            warnings.simplefilter('always', UserWarning); info = load_checkpoint(model, args.checkpoint, use_ema=not args.no_ema)
-        for n in notes: print(f't2t-eval: note: {n.message}', file=sys.stderr)
+        info = load_with_notes(model, args.checkpoint, 't2t-eval', use_ema=not args.no_ema)
         cfg = timm.data.resolve_model_data_config(model)
         ds.transform = eval_transform(cfg['input_size'][-1], cfg['crop_pct'], cfg['interpolation'], cfg['mean'], cfg['std'])
         dl = DataLoader(ds, batch_size=args.batch_size, sampler=ShardSampler(len(ds), rank, world), num_workers=args.workers,

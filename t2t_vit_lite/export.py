@@ -8,8 +8,8 @@ import argparse, importlib.util, pathlib, sys, warnings
 import torch
 import torch.nn as nn
 from .models import create_model, VARIANTS
-from .checkpoints import read_checkpoint, load_checkpoint, CheckpointError
-from .evaluate import model_spec
+from .checkpoints import read_checkpoint, CheckpointError
+from .evaluate import model_spec, load_with_notes
 from .runtime import UsageError
 
 # %% auto #0
@@ -75,10 +75,8 @@ def main(argv=None):
         name, kw, _ = model_spec(a, read_checkpoint(a.checkpoint))     # as t2t-eval does (chapter 10): our files name their model
         if name not in VARIANTS: raise UsageError(f'{a.checkpoint} names model {name!r}, which is not one of {", ".join(VARIANTS)}')
         model = create_model(name, **kw)
-        with warnings.catch_warnings(record=True) as notes:        # a load that fails says all in its error: no warning before it
-            warnings.simplefilter('always', UserWarning); load_checkpoint(model, a.checkpoint)
+        load_with_notes(model, a.checkpoint, 't2t-export')            # chapter 10: no warning before a load error
     except (FileNotFoundError, CheckpointError, UsageError) as e: _fail(str(e).replace('\n', ' '))
-    for n in notes: print(f't2t-export: note: {n.message}', file=sys.stderr)
     out = pathlib.Path(a.output or pathlib.Path(a.checkpoint).with_suffix(f'.{a.format}'))
     if a.format == 'onnx': export_onnx(model, out)
     else: torch.export.save(export_program(model), str(out))

@@ -24,8 +24,8 @@ def train_cmd(data, out, *extra, torchrun=None):
     return base + ['--data', str(data), '--output', str(out), '--workers', '0', '--no-progress', *TINY_MODEL, *map(str, extra)]
 
 
-def run(cmd, timeout=300, **kw):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV, **kw)
+def run(cmd, timeout=300, env=None, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or ENV, **kw)
 
 
 def script(name):

@@ -52,10 +52,8 @@ def test_console_scripts_export_and_bench_read_the_checkpoint_and_refuse_in_one_
     """`t2t-export` and `t2t-bench` as real commands (the chapters call their `main` in-process): t2t-export rebuilds
     the model from our file's metadata without --model and verifies the .pt2; bad input is one line and exit 2, with
     no Python warning before it, even with warnings shown."""
-    import os, subprocess
-    from helpers import script
-    env = dict(os.environ, PYTHONWARNINGS='default', OMP_NUM_THREADS='1')
-    def cli(*args): return subprocess.run([*map(str, args)], capture_output=True, text=True, timeout=300, env=env)
+    from helpers import script, run, ENV
+    def cli(*args): return run([*map(str, args)], env=dict(ENV, PYTHONWARNINGS='default'))    # warnings shown
     ck = T.save_checkpoint(T.create_model('t2t_vit_7', num_classes=10, img_size=64), tmp_path / 'seven.safetensors')
     r = cli(script('t2t-export'), '--checkpoint', ck, '--format', 'pt2')                 # no --model, no --img-size
     assert r.returncode == 0 and 'verified' in r.stdout, r.stderr
