@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 # %% auto #0
 __all__ = ['AMP_CHOICES', 'UsageError', 'setup_distributed', 'add_amp_argument', 'resolve_amp', 'autocast_for', 'call_cli',
            'seed_epoch', 'rng_state', 'set_rng_state', 'SaveError', 'atomic_write', 'torch_save', 'clean_temp_files',
-           'evaluate']
+           'check_output_file', 'check_output_folder', 'evaluate']
 
 # %% ../nbs/06a_runtime.ipynb #354685ac
 class UsageError(ValueError):
@@ -137,6 +137,58 @@ def clean_temp_files(folder) -> list:
     found = sorted(Path(folder).glob('.*.tmp')) if Path(folder).is_dir() else []
     for f in found: f.unlink()
     return [f.name for f in found]
+
+# %% ../nbs/06a_runtime.ipynb #e6a0c011
+def _nearest_existing(path:Path) -> Path:
+    "`path` itself if it exists, else its nearest ancestor that does (a link counts when it resolves)."
+    while not path.exists() and path != path.parent: path = path.parent
+    return path
+
+def _probe_write(folder:Path, flag:str, path:Path):
+    "A UsageError unless a file can be created in `folder` (it is created and removed again)."
+    try: fd, probe = tempfile.mkstemp(dir=folder, prefix='.t2t-write-probe-'); os.close(fd); os.remove(probe)
+    except OSError as e:
+        why = _WHY.get(e.errno, e.strerror or str(e))
+        raise UsageError(f'{flag} {path}: cannot create files in {folder} ({why}); choose a folder you can write to') from None
+
+def _same_file(a:Path, b) -> bool:
+    b = Path(b)
+    return a.exists() and b.exists() and os.path.samefile(a, b) or a.resolve() == b.resolve()
+
+def check_output_file(path,                  # where a tool will write one file
+                      flag:str='--output',   # the flag that gave it, for the message
+                      overwrite:bool=False,  # the tool's overwrite flag: an existing file may be replaced
+                      inputs=(),             # the tool's input files: never written over, whatever `overwrite` says
+                      overwrite_flag:str='--overwrite') -> Path:
+    "`path` as a Path if a tool may write its file there, else a UsageError that names the flag, the problem and the fix."
+    if str(path).strip() == '': raise UsageError(f'{flag}: an empty path; give a file name')
+    path = Path(path)
+    for i in inputs:
+        if i is not None and _same_file(path, i): raise UsageError(f'{flag} {path} is the input file {i}; choose another name')
+    if path.is_dir(): raise UsageError(f'{flag} {path} is a folder; give a file name, e.g. {path / "NAME"}')
+    found = _nearest_existing(path.parent)
+    if not found.is_dir(): raise UsageError(f'{flag} {path}: {found} is a file, not a folder; choose another path')
+    if found != path.parent: raise UsageError(f'{flag} {path}: the folder {path.parent} does not exist; create it first')
+    if path.exists() and not overwrite:
+        raise UsageError(f'{flag} {path} already exists; pass {overwrite_flag} to replace it, or choose another name')
+    _probe_write(found, flag, path)
+    return path
+
+def check_output_folder(path, flag:str='--output', inputs=()) -> Path:
+    "`path` as a Path if a tool may create or fill the folder, else a UsageError; an input folder or file is never the output."
+    if str(path).strip() == '': raise UsageError(f'{flag}: an empty path; give a folder')
+    path = Path(path)
+    for i in inputs:
+        if i is None: continue
+        i = Path(i).resolve()
+        if path.resolve() == i or i in path.resolve().parents:
+            raise UsageError(f'{flag} {path} is inside the input {i}; choose a folder outside it')
+    if path.exists() and not path.is_dir(): raise UsageError(f'{flag} {path} is a file, not a folder; choose another path')
+    found = _nearest_existing(path)
+    if not found.is_dir(): raise UsageError(f'{flag} {path}: {found} is a file, not a folder; choose another path')
+    _probe_write(found, flag, path)
+    return path
+
 
 # %% ../nbs/06a_runtime.ipynb #d7d93d87
 @torch.no_grad()
