@@ -12,6 +12,7 @@ import torch.nn as nn
 from timm.layers import Mlp, DropPath, trunc_normal_, resample_abs_pos_embed, register_notrace_function
 from timm.models import checkpoint, checkpoint_seq
 from timm.models._features import feature_take_indices
+from torch.nn.attention import sdpa_kernel, SDPBackend
 from torch.utils.flop_counter import FlopCounterMode
 from .t2t_layer import Attention, tokens_to_image
 from .t2t_module import make_stem
@@ -212,9 +213,15 @@ def count_params(model:nn.Module, trainable:bool=True) -> int:
     "Number of parameters (only those with requires_grad when `trainable`)."
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
 
-def count_macs(model:nn.Module, img_size:int=224, in_chans:int=3) -> int:
-    "Multiply-accumulates of one forward pass on one image, counted by torch's FlopCounterMode (FLOPs / 2)."
+def count_macs(model:nn.Module, img_size:int=224, in_chans:int=3, x:torch.Tensor=None) -> int:
+    "Multiply-accumulates of one forward pass (FLOPs / 2) on one zero image, or on `x`; attention included."
+    # FlopCounterMode counts matmuls, linears and convolutions. Whether it also counts a fused attention
+    # kernel depends on the torch version and device (torch 2.14 counts nothing for the CPU kernel), so
+    # attention runs on the math backend here: two batched matmuls (q k^T and weights @ v), counted on
+    # every torch. The forward pass is the same function; only the kernel differs.
     model = model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(torch.zeros(1, in_chans, img_size, img_size))
+    x = torch.zeros(1, in_chans, img_size, img_size) if x is None else x
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
+        model(x)
     return fc.get_total_flops() // 2
+
