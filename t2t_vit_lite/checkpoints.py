@@ -15,8 +15,8 @@ import t2t_vit_lite.models as _models
 
 # %% auto #0
 __all__ = ['SAFE_GLOBALS', 'MMPRETRAIN_KEYS', 'CheckpointError', 'read_checkpoint', 'from_mmpretrain', 'to_mmpretrain',
-           'extract_state_dict', 'resample_pos_embed', 'checkpoint_filter_fn', 'guess_variant', 'load_checkpoint',
-           'model_config', 'save_checkpoint']
+           'extract_state_dict', 'resample_pos_embed', 'checkpoint_filter_fn', 'guess_variant', 'unusable_tensors',
+           'nonfinite_report', 'load_checkpoint', 'model_config', 'save_checkpoint']
 
 # %% ../nbs/07_checkpoints.ipynb #d010adb1
 SAFE_GLOBALS = [argparse.Namespace]   # the only non-tensor class the official files hold (their `args`)
@@ -117,16 +117,41 @@ def guess_variant(sd:dict) -> list:
     ratio = sd['blocks.0.mlp.fc1.weight'].shape[0] / D if 'blocks.0.mlp.fc1.weight' in sd else None
     return [n for n, v in VARIANTS.items() if (v['tokens_type'], v['embed_dim'], v['depth'], v['mlp_ratio']) == (tt, D, depth, ratio)]
 
+# %% ../nbs/07_checkpoints.ipynb #c7a0e002
+def unusable_tensors(sd:dict, own:dict) -> list:
+    "'key (dtype)' for each entry of `sd` that cannot stand for the model's floating-point tensor `own[key]`: int, bool, complex, not a tensor."
+    bad = []
+    for k, v in sd.items():
+        if k not in own or not own[k].is_floating_point(): continue
+        if not isinstance(v, torch.Tensor): bad.append(f'{k} ({type(v).__name__})')
+        elif not v.is_floating_point(): bad.append(f'{k} ({str(v.dtype).replace("torch.", "")})')
+    return bad
+
+def nonfinite_report(sd:dict, path='checkpoint', where:str='state_dict') -> str:
+    "A one-line description of the NaN/infinite values in the floating-point tensors of `sd`, or '' when all are finite."
+    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in sd.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()}
+    if not bad: return ''
+    n = sum(bad.values())
+    return (f'{path} ({where}) holds {n} NaN/infinite value{"s" if n != 1 else ""} in {len(bad)} of {len(sd)} tensors '
+            f'(first: {next(iter(bad))}); the run that saved it diverged')
+
+
 # %% ../nbs/07_checkpoints.ipynb #4c744697
 def load_checkpoint(model:nn.Module,   # a T2T-ViT (any img_size, num_classes)
                     path,               # official .pth.tar, mmpretrain .pth, our checkpoints, .safetensors, a bare state dict
                     use_ema:bool=True,  # take `state_dict_ema` when the file has one (as the official evaluation does)
                     strict:bool=True,   # every other key and shape must match
+                    allow_nonfinite:bool=False,  # load weights with NaN or infinity (refused by default)
                    ) -> dict:
     "Load weights from any known T2T-ViT file into `model`, safely; returns what was loaded from where."
     ckpt = read_checkpoint(path)
     sd, where = extract_state_dict(ckpt, use_ema, path)
     meta = ckpt.get('metadata') or {}
+    unusable = unusable_tensors(sd, model.state_dict())
+    if unusable: raise CheckpointError(f'{path} ({where}): {len(unusable)} tensor{"s" if len(unusable) > 1 else ""} '
+                                       f'of no floating-point type where the model has float weights: {", ".join(unusable[:5])}; '
+                                       'a cast would change them silently, so nothing was loaded')
     sd = checkpoint_filter_fn(sd, model)
     own = model.state_dict()
     missing = [k for k in own if k not in sd and not k.startswith('head.')]
@@ -141,6 +166,8 @@ def load_checkpoint(model:nn.Module,   # a T2T-ViT (any img_size, num_classes)
         if meta.get('variant'): lines.append(f"  (its metadata says variant={meta['variant']}, img_size={meta.get('img_size')})")
         raise CheckpointError('\n'.join(lines))
     sd = {k: v for k, v in sd.items() if k in own and sd[k].shape == own[k].shape}
+    bad = '' if allow_nonfinite else nonfinite_report(sd, path, where)
+    if bad: raise CheckpointError(f'{bad}; nothing was loaded (allow_nonfinite=True loads it anyway)')
     model.load_state_dict(sd, strict=False)
     return dict(path=str(path), source=where, loaded=len(sd), missing=missing, skipped=unexpected + wrong,
                 epoch=ckpt.get('epoch'), metric=ckpt.get('metric', ckpt.get('acc')), metadata=meta)
