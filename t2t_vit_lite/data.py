@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_data.ipynb #0c5bffeb
 from __future__ import annotations
-import itertools, random, signal
+import itertools, os, random, signal
 from pathlib import Path
 import numpy as np
 import torch
@@ -15,9 +15,10 @@ from timm.data.auto_augment import AugmentOp, posterize as timm_posterize
 
 # %% auto #0
 __all__ = ['IMG_EXTENSIONS', 'PAPER_AUG', 'PAPER_MIXUP', 'DEMO_AUG', 'DataError', 'is_hidden', 'is_image', 'class_folders',
-           'check_class_folder', 'check_same_classes', 'split_dirs', 'load_rgb', 'SafeImageFolder', 'collate_skip',
-           'augment_ops', 'posterize_any_bits', 'fix_posterize', 'train_transform', 'eval_transform', 'make_mixup',
-           'digits_folder', 'ResumableSampler', 'ShardSampler', 'ignore_stop_signals', 'make_loader']
+           'walk_once', 'check_class_folder', 'check_same_classes', 'split_dirs', 'load_rgb', 'SafeImageFolder',
+           'require_images', 'collate_skip', 'augment_ops', 'posterize_any_bits', 'fix_posterize', 'train_transform',
+           'eval_transform', 'make_mixup', 'digits_folder', 'ResumableSampler', 'ShardSampler', 'ignore_stop_signals',
+           'make_loader']
 
 # %% ../nbs/08_data.ipynb #3111edc8
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
@@ -37,9 +38,17 @@ def class_folders(path) -> list:
     "The visible sub-folders of `path`, sorted: the classes, in index order."
     return [d for d in sorted(Path(path).iterdir()) if d.is_dir() and not d.name.startswith('.')]
 
+def walk_once(folder) -> list:
+    "(folder, sorted file names) for `folder` and each folder below it, sorted; links are followed, but each real folder once, so a link loop ends."
+    seen, found = set(), []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen: dirs.clear(); continue              # reached again through a link: a loop or a second way in
+        seen.add(real); found.append((root, sorted(files)))
+    return sorted(found)                                     # the order torchvision's make_dataset lists files in
+
 def _has_image(folder:Path) -> bool:
-    return any(is_image(f, folder) for f in folder.iterdir() if f.is_file()) or \
-           any(is_image(f, folder) for f in folder.rglob('*') if f.is_file())
+    return any(is_image(os.path.join(r, f), folder) for r, files in walk_once(folder) for f in files)
 
 def check_class_folder(path:Path, what:str='data'):
     "Return `path` if each of its class sub-folders holds an image, else raise a DataError saying what is missing."
@@ -93,6 +102,16 @@ class SafeImageFolder(ImageFolder):
     def __init__(self, root, transform=None, **kwargs):
         super().__init__(root, transform=transform, loader=load_rgb, is_valid_file=lambda p: is_image(p, root), **kwargs)
 
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False) -> list:
+        "(path, class index) of each valid file, as torchvision lists them, but with `walk_once`: a link loop is not followed round."
+        valid = is_valid_file or (lambda p: p.lower().endswith(extensions or IMG_EXTENSIONS))
+        samples = [(os.path.join(r, f), i) for c, i in sorted(class_to_idx.items())
+                   for r, files in walk_once(os.path.join(directory, c)) for f in files if valid(os.path.join(r, f))]
+        empty = sorted(set(class_to_idx) - {c for c, i in class_to_idx.items() if any(j == i for _, j in samples)})
+        if empty and not allow_empty: raise DataError(f'{directory}: class folders without images: {", ".join(empty[:10])}')
+        return samples
+
     def find_classes(self, directory):
         classes = [d.name for d in class_folders(directory)]
         if not classes: raise DataError(f'{directory} has no class sub-folders; expected {directory}/<class>/<image>')
@@ -105,6 +124,15 @@ class SafeImageFolder(ImageFolder):
         try: sample = sample if self.transform is None else self.transform(sample)
         except Exception as e: return None, path, f'read, but the transform failed: {type(e).__name__}: {e}'   # not the file's fault: say so
         return sample, target if self.target_transform is None else self.target_transform(target)
+
+def require_images(result:dict, # `evaluate`'s result, or a training epoch's: `images`, `skipped`, maybe `skipped_files`
+                   folder, what:str='validation'):
+    "A DataError when not one image of `folder` could be used: how many files were skipped, and the first reason."
+    if result['images'] > 0: return
+    first, n = result.get('skipped_files') or [], result.get('skipped', 0)
+    why = f' (first: {first[0][0]}: {first[0][1]})' if first else ''
+    raise DataError(f'not one image of the {what} folder {folder} could be used: {n} file{"s" if n != 1 else ""} skipped{why}; '
+                    'replace or remove the broken files')
 
 def collate_skip(batch:list) -> tuple:
     "Collate (image, target) pairs, dropping the unusable ones: returns (images, targets, [(path, reason), ...])."
