@@ -4,10 +4,11 @@
 
 # %% ../nbs/06_models.ipynb #e01d26da
 from __future__ import annotations
-import warnings
+import inspect, warnings
 from timm.models import register_model, build_model_with_cfg, generate_default_cfgs
 from timm.models._features import FeatureGetterNet
-from timm.models._builder import pretrained_cfg_for_features
+from timm.models import load_pretrained
+from timm.models._builder import pretrained_cfg_for_features, _resolve_pretrained_source
 from timm.models._registry import _model_entrypoints
 from .backbone import T2TViT
 
@@ -46,20 +47,50 @@ def _cfg(tokens_type, **kwargs):
 default_cfgs = generate_default_cfgs({name: _cfg(v['tokens_type']) for name, v in VARIANTS.items()})
 
 _load_file = []   # the safe file loader for pretrained=True: chapter 07's load_checkpoint puts itself here (no import cycle)
+_ARCH = [p for p in inspect.signature(T2TViT).parameters if 'drop' not in p and p not in ('device', 'dtype')]
 
-def _create(variant:str, pretrained:bool=False, features_only:bool=False, out_indices=3, feature_cls:str='getter', **kwargs):
-    "Build `variant` through timm's builder with this package's cfg; load a local file; wrap for `features_only`."
-    if feature_cls != 'getter': raise ValueError(f"T2T-ViT feature maps come from forward_intermediates: feature_cls='getter', got {feature_cls!r}")
+def _model_args(model:T2TViT, kwargs:dict) -> dict:
+    "The T2TViT arguments that rebuild `model` (drop rates left out), recorded for timm's `save_for_hf`."
+    defaults = {k: p.default for k, p in inspect.signature(T2TViT).parameters.items()}
+    args = {k: kwargs.get(k, defaults[k]) for k in _ARCH}
+    return {**args, 'img_size': model.img_size, 'schedule': [list(s) for s in model.tokens_to_token.schedule]}
+
+def _checkpoint_filter(state_dict:dict, model:T2TViT) -> dict:
+    "timm's `pretrained_filter_fn`: chapter 07's key mapping and checks, for weights that timm fetched."
+    ck = inspect.getmodule(_load_file[0])   # chapter 07, reached through the loader it registered
+    sd, cfg = ck.checkpoint_filter_fn(state_dict, model), model.pretrained_cfg
+    where = cfg.get('hf_hub_id') or cfg.get('file') or 'weights'
+    unusable = ck.unusable_tensors(sd, model.state_dict())
+    if unusable: raise ck.CheckpointError(f'{where}: no floating-point type where the model has float '
+                                          f'weights: {", ".join(unusable[:5])}; nothing was loaded')
+    bad = ck.nonfinite_report(sd, where, 'model weights')
+    if bad: raise ck.CheckpointError(f'{bad}; nothing was loaded')
+    return sd
+
+def _load(model:T2TViT, cfg:dict, variant:str):
+    "Load `cfg`'s weights: a `file` with chapter 07's loader; `local-dir:`/`hf-hub:` with timm's loader."
+    source, _ = _resolve_pretrained_source(cfg)
+    if source == 'file': return _load_file[0](model, cfg['file'])
+    if not source: raise ValueError(f'no weights are hosted for {variant}: download the official file and pass '
+                                    f"pretrained_cfg_overlay=dict(file='path/to/checkpoint.pth.tar'), or create "
+                                    "'local-dir:FOLDER' / 'hf-hub:ORG/NAME' (a save_for_hf folder)")
+    load_pretrained(model, cfg, num_classes=model.num_classes, in_chans=model.in_chans,
+                    filter_fn=_checkpoint_filter)
+
+def _create(variant:str, pretrained:bool=False, features_only:bool=False, out_indices=3,
+            feature_cls:str='getter', **kwargs):
+    "Build `variant` through timm's builder with this package's cfg; load weights; wrap for `features_only`."
+    if feature_cls != 'getter': raise ValueError('T2T-ViT feature maps come from forward_intermediates: '
+                                                 f"feature_cls='getter', got {feature_cls!r}")
     kwargs = {**VARIANTS[variant], **kwargs}
-    kwargs['pretrained_cfg'] = kwargs.get('pretrained_cfg') or default_cfgs[variant].default   # ours, whatever timm's registry holds
+    # ours, whatever timm's registry holds; `local-dir:`/`hf-hub:` names bring their saved cfg
+    kwargs['pretrained_cfg'] = kwargs.get('pretrained_cfg') or default_cfgs[variant].default
     model = build_model_with_cfg(T2TViT, variant, pretrained=False, **kwargs)
-    size, chans = model.img_size, model.in_chans
-    model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, 'input_size': (chans, size, size), 'num_classes': model.num_classes}
-    if pretrained:
-        file = model.pretrained_cfg.get('file')
-        if not file: raise ValueError(f'no weights are hosted for {variant}: download the official file and pass '
-                                      f"pretrained_cfg_overlay=dict(file='path/to/checkpoint.pth.tar')")
-        _load_file[0](model, file)
+    model._model_args = _model_args(model, kwargs)   # timm.create_model adds its own kwargs on top
+    source_cfg, size, chans = model.pretrained_cfg, model.img_size, model.in_chans
+    model.pretrained_cfg = model.default_cfg = {**source_cfg, 'input_size': (chans, size, size),
+                                                'num_classes': model.num_classes}
+    if pretrained: _load(model, source_cfg, variant)
     if not features_only: return model
     features = FeatureGetterNet(model, out_indices=out_indices)
     features.pretrained_cfg = features.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
@@ -85,7 +116,7 @@ def list_models() -> list:
     return list(VARIANTS)
 
 def create_model(name:str,               # one of `list_models()`
-                 pretrained:bool=False,   # load weights from pretrained_cfg_overlay=dict(file=...)
+                 pretrained:bool=False,   # load pretrained_cfg_overlay=dict(file=...)
                  **kwargs) -> T2TViT:     # T2TViT arguments: img_size, num_classes, drop_path_rate, in_chans, ...
     "Create this package's T2T-ViT variant by name (timm's builder and cfg, whatever else timm registers)."
     if name not in VARIANTS:
