@@ -6,14 +6,18 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PYTHONWARNINGS := ignore::DeprecationWarning
 
-.PHONY: setup test book readme sync-check nbtest pytest timm-suite train weights experiments clean bench-gpu bench-gpu-train bench-gpu-infer
+.PHONY: setup test test-latest constraints book readme sync-check nbtest pytest timm-suite train weights experiments glyph-atlas clean bench-gpu bench-gpu-train bench-gpu-infer
 .DEFAULT_GOAL := test
 
-# the virtual environment, created if missing and refreshed when the requirements change
-$(BIN)/.installed: settings.ini setup.py
+# the virtual environment, created if missing and refreshed when the requirements change. It installs from
+# constraints.txt: the exact versions `make test` last passed with, so a new machine gets the set that passed.
+# `make test-latest` tests the newest versions the registry serves instead (see below).
+PIP_CONSTRAINTS ?= -c constraints.txt
+PIP_UPGRADE ?=
+$(BIN)/.installed: settings.ini setup.py constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q $(PIP_UPGRADE) $(PIP_CONSTRAINTS) -e ".[dev]"
 	@touch $@
 
 setup: $(BIN)/.installed
@@ -35,10 +39,16 @@ sync-check: setup
 	  echo "Run: nbdev_clean && nbdev_export && make readme, then commit."; exit 1; fi; \
 	echo "sync-check: notebooks, library and README are in sync"
 
+# the notebook test: every chapter of the book runs once, top to bottom in a fresh kernel (two at a time, with
+# nbdev's skip rules for `#| eval: false` and the tst_flags of settings.ini), and a cell that raises fails it.
+# The executed chapters fill the book's execution cache, so `book` renders them without running them again.
+NB_CACHE := _build/.jupyter_cache
 nbtest: setup
-	$(BIN)/nbdev_test --n_workers 2
+	rm -rf $(NB_CACHE)
+	$(BIN)/python tests/execute_chapters.py --workers 2 --cache $(NB_CACHE)
 
-book: setup
+# _config.yml: a chapter that raises fails the build, with or without -W
+book: nbtest
 	$(BIN)/jupyter-book build -W --keep-going .
 
 # two pytest workers (pytest-xdist): the training tests' processes run one thread each and wait on each other often,
@@ -53,7 +63,18 @@ pytest: setup
 timm-suite: setup
 	PYTHON=$(BIN)/python tests/timm_suite/run.sh -k t2t_vit
 
-test: sync-check nbtest book pytest timm-suite
+test: sync-check book pytest timm-suite
+
+# the same tests against the newest releases the registry serves (a venv of its own, no constraints; this
+# machine's pip configuration, which may cap torch, is ignored). After a green run, `make constraints
+# VENV=.venv-latest` records that set as the one `make` installs.
+test-latest:
+	PIP_CONFIG_FILE=/dev/null $(MAKE) test VENV=.venv-latest PIP_CONSTRAINTS= PIP_UPGRADE="--upgrade --upgrade-strategy eager"
+
+constraints: setup
+	@{ echo "# The exact versions 'make test' last passed with (make installs with -c constraints.txt)."; \
+	  echo "# Regenerate after a green run with: make constraints"; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^#' | sort -f; } > constraints.txt
 
 # the main job's demo: a small T2T-ViT on the embedded digits, on the CPU (a few minutes); again: continues or reports it done
 train: setup
@@ -81,6 +102,10 @@ bench-gpu: bench-gpu-train bench-gpu-infer
 # the trained reference models shipped in t2t_vit_lite/weights/ (chapter 10a), regenerated from scratch on the CPU
 weights: setup
 	OMP_NUM_THREADS=1 nice -n 19 $(BIN)/python -m t2t_vit_lite.reference
+
+# the glyph atlas of chapter 10b (t2t_vit_lite/assets/), rendered from Debian font packages; it names the missing ones
+glyph-atlas: setup
+	$(BIN)/python -c 'from t2t_vit_lite.glyphs import build_atlas; print(build_atlas())'
 
 # chapter 12's ablation sweep on the CPU (resumable: finished runs are kept): t2t_vit_lite/results/ablations.{csv,json,png}
 experiments: setup

@@ -1,0 +1,56 @@
+"""The book's execution: each chapter runs once (tests/execute_chapters.py fills the book's cache), and a chapter
+that raises fails the book build whatever the flags (_config.yml)."""
+import pathlib, shutil, subprocess, sys
+import nbformat
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'tests'))
+import execute_chapters as X
+
+
+def notebook(path, *sources):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata.kernelspec = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
+    nb.cells = [nbformat.v4.new_markdown_cell('# A page')] + [nbformat.v4.new_code_cell(s) for s in sources]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_skip_rule_is_nbdevs():
+    flags = {'slow', 'gpu'}
+    assert X.is_skipped('#| eval: false\nimport os', flags)
+    assert X.is_skipped('#| gpu\nx = 1', flags) and X.is_skipped('#|slow\nx = 1', flags)
+    assert not X.is_skipped('#| export\nx = 1', flags)
+    assert not X.is_skipped('x = 1\n#| gpu', flags)                 # a directive only counts at the top
+    assert not X.is_skipped('#| eval: true\nx = 1', flags)
+
+
+def test_executed_chapter_fills_the_cache_the_book_reads(tmp_path):
+    from jupyter_cache import get_cache
+    nb = notebook(tmp_path / 'ok.ipynb', "print('ran')", "#| gpu\nraise SystemExit('a gpu cell must be skipped')")
+    assert X.main([str(nb), '--cache', str(tmp_path / 'cache'), '--workers', '1']) == 0
+    record = get_cache(str(tmp_path / 'cache')).match_cache_notebook(nbformat.read(nb, 4))   # KeyError if missed
+    _, merged = get_cache(str(tmp_path / 'cache')).merge_match_into_notebook(nbformat.read(nb, 4))
+    assert record.pk >= 1 and merged.cells[1].outputs[0]['text'] == 'ran\n'
+    assert merged.cells[2].outputs == []                             # skipped, not run
+
+
+def test_a_raising_chapter_fails_the_test(tmp_path, capsys):
+    nb = notebook(tmp_path / 'bad.ipynb', 'x = 1', '1 / 0')
+    assert X.main([str(nb), '--cache', '', '--workers', '1']) == 1
+    assert 'ZeroDivisionError' in capsys.readouterr().out
+
+
+def test_a_raising_chapter_fails_the_book_build_without_W(tmp_path):
+    # the project's own _config.yml (less the local extension), a one-page book whose page raises
+    cfg = [l for l in (ROOT / '_config.yml').read_text().splitlines() if 'unique_scripts' not in l
+           and 'local_extensions' not in l]
+    (tmp_path / '_config.yml').write_text('\n'.join(cfg) + '\n')
+    (tmp_path / '_toc.yml').write_text('format: jb-book\nroot: page\n')
+    notebook(tmp_path / 'page.ipynb', '1 / 0')
+    jb = shutil.which('jupyter-book', path=str(pathlib.Path(sys.executable).parent))
+    if jb is None: pytest.skip('jupyter-book is not installed (make setup installs it)')
+    r = subprocess.run([jb, 'build', str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0, r.stdout[-2000:]
+    assert 'Executing notebook failed' in r.stdout + r.stderr
