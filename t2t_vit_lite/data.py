@@ -73,6 +73,7 @@ def split_dirs(root, # folder with train/ and val/ (or validation/) inside
                need_train:bool=True) -> tuple:
     "(train_dir, val_dir) of an ImageNet-style folder, or a DataError naming what is missing."
     root = Path(root)
+    if root.is_file(): raise DataError(f'data folder {root} is a file; give the folder that holds train/ and val/')
     if not root.is_dir(): raise DataError(f'data folder {root} does not exist')
     val = next((root / n for n in ('val', 'validation') if (root / n).is_dir()), None)
     if need_train and not (root / 'train').is_dir():

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 # %% auto #0
 __all__ = ['AMP_CHOICES', 'UsageError', 'setup_distributed', 'add_amp_argument', 'resolve_amp', 'autocast_for', 'call_cli',
            'seed_epoch', 'rng_state', 'set_rng_state', 'SaveError', 'atomic_write', 'torch_save', 'clean_temp_files',
-           'check_output_file', 'check_output_folder', 'evaluate']
+           'check_output_file', 'check_output_folder', 'is_out_of_memory', 'evaluate']
 
 # %% ../nbs/06a_runtime.ipynb #354685ac
 class UsageError(ValueError):
@@ -191,6 +191,10 @@ def check_output_folder(path, flag:str='--output', inputs=()) -> Path:
 
 
 # %% ../nbs/06a_runtime.ipynb #d7d93d87
+def is_out_of_memory(e:BaseException) -> bool:
+    "True for a failed allocation: CUDA's `OutOfMemoryError`, or the CPU allocator's RuntimeError."
+    return isinstance(e, torch.OutOfMemoryError) or isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
+
 @torch.no_grad()
 def evaluate(model, loader, device='cpu', amp:str='none', progress:bool=True, desc:str='eval') -> dict:
     "Top-1/top-5 (%), mean loss, image count, images/s and skipped files of `model` on `loader`, summed over ranks."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_train.ipynb #089b439e
 from __future__ import annotations
-import argparse, csv, inspect, json, math, os, shutil, signal, sys, threading, time, warnings
+import argparse, csv, inspect, json, math, os, shlex, shutil, signal, sys, threading, time, warnings
 from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,31 +18,33 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler, unwrap_model
 from .backbone import T2TViT
 from .models import create_model, VARIANTS
-from .checkpoints import read_checkpoint, extract_state_dict, load_checkpoint, CheckpointError
+from .checkpoints import read_checkpoint, extract_state_dict, load_checkpoint, nonfinite_report, CheckpointError
 from .data import (SafeImageFolder, ShardSampler, make_loader, split_dirs, train_transform, eval_transform,
-                               make_mixup, digits_folder, collate_skip, DEMO_AUG, PAPER_AUG, PAPER_MIXUP, DataError)
+                               make_mixup, digits_folder, collate_skip, require_images, DEMO_AUG, PAPER_AUG, PAPER_MIXUP, DataError)
 from .runtime import (tqdm, UsageError, SaveError, setup_distributed, add_amp_argument, resolve_amp, autocast_for, seed_epoch,
-                                  rng_state, set_rng_state, atomic_write, torch_save, clean_temp_files, evaluate)
+                                  rng_state, set_rng_state, atomic_write, torch_save, clean_temp_files, evaluate, check_output_folder,
+                                  is_out_of_memory)
 
 # %% auto #0
 __all__ = ['RECIPE', 'PRESETS', 'DEMO', 'RECIPES', 'EXIT_USAGE', 'EXIT_NONFINITE', 'EXIT_PREEMPTED', 'OWN_FLAGS', 'RUN_FILES',
-           'MUST_MATCH', 'REFUSED', 'SCHEDULE', 'NOT_COMPARED', 'FUSED', 'preset_for', 'scaled_lr', 'get_parser',
-           'resolve_args', 'check_model_kwargs', 'check_args', 'run_files', 'check_output', 'move_aside', 'write_args',
-           'TrainState', 'find_checkpoint', 'check_resume', 'RunLog', 'Preemption', 'gather_rng', 'NonFiniteLoss',
-           'backward_step', 'skips_on_device', 'ema_update', 'train_one_epoch', 'build_data', 'complete_args',
-           'build_model', 'load_finetune', 'build_scheduler', 'optimizer_kwargs', 'build_optimizer', 'param_groups',
-           'build_state', 'save_epoch', 'save_preempted', 'start_run', 'validate', 'run', 'main', 'plot_curves']
+           'RUN_MADE', 'MUST_MATCH', 'REFUSED', 'SCHEDULE', 'NOT_COMPARED', 'FUSED', 'preset_for', 'scaled_lr',
+           'get_parser', 'resolve_args', 'check_model_kwargs', 'split_batch', 'batch_line', 'check_args',
+           'check_buildable', 'run_files', 'check_output', 'move_aside', 'write_args', 'TrainState', 'find_checkpoint',
+           'check_resume', 'RunLog', 'Preemption', 'gather_rng', 'NonFiniteLoss', 'backward_step', 'skips_on_device',
+           'ema_update', 'train_one_epoch', 'build_data', 'complete_args', 'build_model', 'load_finetune',
+           'build_scheduler', 'optimizer_kwargs', 'build_optimizer', 'param_groups', 'build_state', 'save_epoch',
+           'save_preempted', 'start_run', 'validate', 'run', 'main', 'plot_curves']
 
 # %% ../nbs/09_train.ipynb #9556205e
 RECIPE = dict(epochs=310, warmup_epochs=5, drop=0., drop_path=0.1, model_ema_decay=0.99996, opt='adamw', min_lr=1e-5, warmup_lr=1e-6,
               smoothing=PAPER_MIXUP['label_smoothing'], mixup=PAPER_MIXUP['mixup_alpha'], cutmix=PAPER_MIXUP['cutmix_alpha'],
               reprob=PAPER_AUG['re_prob'], aa=PAPER_AUG['auto_augment'])
 PRESETS = {  # family: total batch, lr (for that batch), weight decay
-    'small': dict(batch_size=1024, lr=1e-3, weight_decay=0.03),    # t2t_vit_7 / 10 / 12
-    'medium': dict(batch_size=512, lr=5e-4, weight_decay=0.05),    # *_14
-    'large': dict(batch_size=512, lr=5e-4, weight_decay=0.065),    # *_19, *_24
+    'small': dict(total_batch_size=1024, lr=1e-3, weight_decay=0.03),    # t2t_vit_7 / 10 / 12
+    'medium': dict(total_batch_size=512, lr=5e-4, weight_decay=0.05),    # *_14
+    'large': dict(total_batch_size=512, lr=5e-4, weight_decay=0.065),    # *_19, *_24
 }
-DEMO = dict(model='t2t_vit_7', img_size=32, epochs=20, warmup_epochs=3, batch_size=64, lr=1e-3, weight_decay=0.05, drop_path=0.05,
+DEMO = dict(model='t2t_vit_7', img_size=32, epochs=20, warmup_epochs=3, total_batch_size=64, lr=1e-3, weight_decay=0.05, drop_path=0.05,
             mixup=0., cutmix=0., reprob=0., aa=None, model_ema_decay=0.995, smoothing=0.1, workers=2,
             model_kwargs=dict(embed_dim=128, depth=4, num_heads=4, mlp_ratio=2., token_dim=32, schedule=((3, 2, 1), (3, 2, 1), (3, 1, 1))))
 RECIPES = {  # --recipe: the two published fine-tuning routes; every value is a flag default, so each can be overridden
@@ -84,11 +86,15 @@ def get_parser():
     g('--recipe', default=None, choices=sorted(RECIPES), help='fine-tuning presets: finetune384 (224 -> 384 px), transfer (the paper\'s CIFAR transfer); flags override them')
     g('--grad-checkpointing', action='store_true', help='recompute the T2T module and blocks in backward (less activation memory, more compute)')
     g('--channels-last', action='store_true', help='model and images in channels-last memory format')
-    g = p.add_argument_group('schedule and optimizer').add_argument
+    grp = p.add_argument_group('schedule and optimizer'); g = grp.add_argument
     g('--epochs', type=int); g('--warmup-epochs', type=int)
-    g('-b', '--batch-size', type=int, help='total batch over all processes (recipe: 1024 for 7/10/12, 512 otherwise)')
+    one = grp.add_mutually_exclusive_group().add_argument      # the two ways to give the batch: one or the other
+    one('-b', '--batch-size', type=int, help='images per process and step, as in timm\'s train.py, DeiT and the official code '
+        '(default: --total-batch-size / processes / --accum-steps)')
+    one('--total-batch-size', type=int, help='images per optimizer update over all processes: -b x processes x --accum-steps '
+        '(recipe: 1024 for 7/10/12, 512 otherwise)')
     g('--lr', type=float, help='learning rate for --lr-base-batch (default: the recipe\'s, for its batch)')
-    g('--lr-base-batch', type=int, help='total batch the --lr is meant for (default: the recipe\'s batch)')
+    g('--lr-base-batch', type=int, help='total batch the --lr is meant for (default: the recipe\'s total batch)')
     g('--weight-decay', type=float); g('--min-lr', type=float); g('--warmup-lr', type=float)
     g('--opt', default=None, help="timm optimizer name (recipe: adamw)")
     g('--opt-kwargs', type=json.loads, default=None, help='JSON of extra optimizer arguments, e.g. \'{"fused": true}\' (default on CUDA for adam/adamw/sgd: fused)')
@@ -108,7 +114,7 @@ def get_parser():
     g = p.add_argument_group('run').add_argument
     g('--output', default=None, help='run folder (default: runs/<model>)')
     g('--resume', default='', help="'auto' (the newest checkpoint of --output that loads), a checkpoint path, or '' for a new run")
-    g('--overwrite', action='store_true', help='start a new run in a folder that holds one: its files move into old-<time>/')
+    g('--overwrite', action='store_true', help='start a new run in a folder that holds one: its run files move into old-<time>/')
     g('--keep-last', type=int, default=2, help='keep this many epoch checkpoints (checkpoint-<epoch>.pth.tar) besides last and best')
     g('--max-nonfinite', type=int, default=5, help='stop after this many non-finite losses in a row')
     g('--seed', type=int, default=0); g('--device', default=None, choices=['cpu', 'cuda'])
@@ -128,13 +134,15 @@ def resolve_args(args:argparse.Namespace) -> argparse.Namespace:
     if not demo and args.model in VARIANTS: base.update(preset_for(args.model), workers=8)
     elif args.model != DEMO['model']: base['model_kwargs'] = {}
     if args.recipe: base.update(RECIPES[args.recipe])
+    if args.batch_size is not None: base.pop('total_batch_size', None)     # -b given: the total follows from it
     for k, v in base.items():
         if getattr(args, k, None) is None: setattr(args, k, v)
-    if args.lr_base_batch is None: args.lr_base_batch = base.get('batch_size', PRESETS['medium']['batch_size'])
+    if args.lr_base_batch is None: args.lr_base_batch = base.get('total_batch_size', PRESETS['medium']['total_batch_size'])
     if args.img_size is None: args.img_size = 224
     if args.aa in ('none', ''): args.aa = None
     if args.no_aug: args.mixup = args.cutmix = args.reprob = 0.; args.aa = None
-    args.model_kwargs = dict(args.model_kwargs or {})
+    args.model_kwargs = {} if args.model_kwargs is None else args.model_kwargs   # check_args refuses anything but an object
+    if isinstance(args.model_kwargs, dict): args.model_kwargs = dict(args.model_kwargs)
     if args.opt_kwargs is None: args.opt_kwargs = {}
     return args
 
@@ -145,16 +153,33 @@ def _flag(name:str) -> str: return '-b/--batch-size' if name == 'batch_size' els
 
 def check_model_kwargs(kwargs:dict):
     "Raise a UsageError for a --model-kwargs key that T2TViT does not take, listing the valid ones."
+    if not isinstance(kwargs, dict): raise UsageError(f'--model-kwargs {json.dumps(kwargs)}: must be a JSON object, e.g. \'{{"depth": 4}}\'')
     valid = [k for k in inspect.signature(T2TViT).parameters if k not in OWN_FLAGS]
     for k in kwargs:
         if k in OWN_FLAGS: raise UsageError(f'--model-kwargs: pass {k} with {OWN_FLAGS[k]}, not inside --model-kwargs')
         if k not in valid: raise UsageError(f'--model-kwargs: unknown key {k!r}; valid keys: {", ".join(valid)}')
 
+def split_batch(args:argparse.Namespace, world:int) -> argparse.Namespace:
+    "A copy of `args` with both batch sizes: -b/--batch-size per process and step, --total-batch-size = -b x processes x --accum-steps."
+    step = world * args.accum_steps
+    if args.batch_size is not None: per = args.batch_size
+    elif args.total_batch_size % step:
+        raise UsageError(f'--total-batch-size {args.total_batch_size} does not divide by {world} process(es) x --accum-steps {args.accum_steps}; '
+                         f'use a multiple of {step}, or give -b/--batch-size per process')
+    else: per = args.total_batch_size // step
+    return argparse.Namespace(**{**vars(args), 'batch_size': per, 'total_batch_size': per * step})
+
+def batch_line(per:int, world:int, accum:int=1) -> str:
+    "'batch: P per process x W processes = T total', with the accumulation steps when there are several."
+    acc = f' x {accum} accumulation steps' if accum > 1 else ''
+    return f'batch: {per} per process x {world} process{"es" if world != 1 else ""}{acc} = {per * world * accum} total'
+
 def check_args(args:argparse.Namespace, world:int):
     "Every check that needs neither data nor model: a UsageError naming the flag and the fix."
     if args.model not in VARIANTS: raise UsageError(f'unknown model {args.model!r}; valid names: {", ".join(VARIANTS)}')
-    for k in ('epochs', 'batch_size', 'accum_steps', 'lr_base_batch', 'max_nonfinite', 'img_size', 'log_interval'):
-        if getattr(args, k) < 1: raise UsageError(f'{_flag(k)} {getattr(args, k)}: must be at least 1')
+    for k in ('epochs', 'batch_size', 'total_batch_size', 'accum_steps', 'lr_base_batch', 'max_nonfinite', 'img_size', 'log_interval'):
+        v = getattr(args, k)
+        if v is not None and v < 1: raise UsageError(f'{_flag(k)} {v}: must be at least 1')
     if args.max_steps_per_epoch is not None and args.max_steps_per_epoch < 1:
         raise UsageError(f'--max-steps-per-epoch {args.max_steps_per_epoch}: must be at least 1 (leave it out for whole epochs)')
     if args.num_classes is not None and args.num_classes < 1:
@@ -162,14 +187,17 @@ def check_args(args:argparse.Namespace, world:int):
     for k in ('workers', 'warmup_epochs', 'keep_last', 'weight_decay', 'drop', 'drop_path', 'smoothing', 'mixup', 'cutmix', 'reprob'):
         v = getattr(args, k)
         if not (v >= 0): raise UsageError(f'{_flag(k)} {v}: must be 0 or more')
+        if v == math.inf: raise UsageError(f'{_flag(k)} {v}: must be a finite number')
     for k in ('drop', 'drop_path', 'smoothing', 'reprob'):
         if getattr(args, k) >= 1: raise UsageError(f'{_flag(k)} {getattr(args, k)}: a probability, must be below 1')
     for k in ('lr', 'min_lr', 'warmup_lr'):
         v = getattr(args, k)
         if not math.isfinite(v) or v < 0 or (k == 'lr' and v == 0): raise UsageError(f'{_flag(k)} {v}: must be a finite number above 0' if k == 'lr' else f'{_flag(k)} {v}: must be a finite number, 0 or more')
-    if args.batch_size % (world * args.accum_steps):
-        raise UsageError(f'--batch-size {args.batch_size} does not divide by world size {world} x --accum-steps {args.accum_steps}; '
-                         f'use a multiple of {world * args.accum_steps}')
+    if args.clip_grad is not None and not (0 < args.clip_grad < math.inf):
+        raise UsageError(f'--clip-grad {args.clip_grad}: must be a finite number above 0 (leave it out for no clipping)')
+    if not (0 <= args.model_ema_decay <= 1): raise UsageError(f'--model-ema-decay {args.model_ema_decay}: must be between 0 and 1, e.g. 0.9998')
+    split_batch(args, world)
+    if args.output is not None and not str(args.output).strip(): raise UsageError('--output: an empty path; give a folder, or leave it out for runs/<model>')
     if args.resume and args.overwrite: raise UsageError('--resume and --overwrite contradict each other: keep the run (--resume) or move it aside (--overwrite)')
     check_model_kwargs(args.model_kwargs)
     for k in ('layer_decay', 'transfer_ratio'):
@@ -177,10 +205,30 @@ def check_args(args:argparse.Namespace, world:int):
         if v is not None and not (0 < v <= 1): raise UsageError(f'{_flag(k)} {v}: must be above 0 and at most 1')
     if args.layer_decay is not None and args.transfer_ratio not in (None, 1):
         raise UsageError('--layer-decay and --transfer-ratio both scale the backbone\'s lr: choose one')
-    if args.finetune is not None and not Path(args.finetune).is_file():
+    if args.finetune is not None and not args.resume and not Path(args.finetune).is_file():   # resuming never reads it
         raise UsageError(f'--finetune {args.finetune}: no such checkpoint file; give the path of a .pth/.pth.tar/.safetensors file')
     if not isinstance(args.opt_kwargs, dict): raise UsageError(f'--opt-kwargs {json.dumps(args.opt_kwargs)}: must be a JSON object, e.g. \'{{"fused": true}}\'')
     if args.data is not None: split_dirs(args.data)
+
+def check_buildable(args:argparse.Namespace, device):
+    "Build the model on the meta device (no memory), the optimizer on one tensor and the augmentation: their errors as UsageErrors, before any data is read."
+    kw = dict(img_size=args.img_size, num_classes=args.num_classes or 1000, drop_rate=args.drop, drop_path_rate=args.drop_path)
+    try:
+        with torch.device('meta'): n = sum(p.numel() for p in create_model(args.model, **kw, **args.model_kwargs).parameters())
+    except (ValueError, TypeError, RuntimeError, AssertionError, NotImplementedError) as e:
+        raise UsageError(f'--img-size {args.img_size} / --model-kwargs: {e}') from None
+    device = torch.device(device)
+    have = (torch.cuda.get_device_properties(device).total_memory if device.type == 'cuda'
+            else os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))
+    if 20 * n > have:                                  # fp32 weights, gradients, two AdamW moments and the EMA: 5 x 4 bytes each
+        raise UsageError(f'{args.model} with these flags has {n / 1e6:,.0f}M parameters: about {20 * n / 2**30:,.0f} GiB for weights, '
+                         f'gradients, optimizer state and EMA, more than the {have / 2**30:,.0f} GiB of {device.type} memory; '
+                         'check --img-size, --num-classes and --model-kwargs')
+    try: create_optimizer_v2(nn.Linear(1, 1), opt=args.opt, lr=1e-3, weight_decay=args.weight_decay, **args.opt_kwargs)
+    except (TypeError, ValueError, AssertionError, RuntimeError, KeyError) as e: raise UsageError(f'--opt {args.opt} / --opt-kwargs: {e}') from None
+    if args.data is not None and not args.no_aug:
+        try: train_transform(args.img_size, auto_augment=args.aa, re_prob=args.reprob)
+        except Exception as e: raise UsageError(f'--aa {args.aa}: {type(e).__name__}: {e}') from None
 
 # %% ../nbs/09_train.ipynb #954372ce
 RUN_FILES = ('last.pth.tar', 'model_best.pth.tar', 'metrics.csv', 'args.yaml', 'log.txt')
@@ -190,19 +238,22 @@ def run_files(out:Path) -> list:
     if not out.is_dir(): return []
     return [f for f in RUN_FILES if (out / f).exists()] + sorted(p.name for p in out.glob('checkpoint-*.pth.tar'))
 
-def check_output(out:Path, resume:str, overwrite:bool):
-    "Refuse to start a new run in a folder that holds another one, naming both ways forward."
+RUN_MADE = RUN_FILES + ('resumes.yaml', 'curves.png', 'tensorboard')   # what a run writes besides checkpoint-*.pth.tar
+
+def check_output(out:Path, resume:str, overwrite:bool, data=None):
+    "Refuse a folder a run cannot write in (chapter 06a's checks; never inside the data) or one that holds another run, naming the ways forward."
+    check_output_folder(out, '--output', inputs=[data])
     found = run_files(out)
     if found and not resume and not overwrite:
         raise UsageError(f'{out} already holds a run ({", ".join(found[:4])}); continue it with --resume auto, '
                          f'or start over with --overwrite (its files move into {out / "old-<time>"}/), or choose another --output')
 
 def move_aside(out:Path) -> Path:
-    "Move everything in `out` (but earlier old-* folders) into out/old-<UTC time>/; returns that folder."
+    "Move the files a run wrote in `out` into out/old-<UTC time>/ (anything else stays where it is); returns that folder."
     dest = out / datetime.now(timezone.utc).strftime('old-%Y%m%d-%H%M%S')
     dest.mkdir()
     for p in sorted(out.iterdir()):
-        if p != dest and not p.name.startswith('old-'): shutil.move(str(p), str(dest / p.name))
+        if p.name in RUN_MADE or p.name.startswith('checkpoint-'): shutil.move(str(p), str(dest / p.name))
     return dest
 
 def _plain(v):
@@ -215,7 +266,7 @@ def write_args(out:Path, args:argparse.Namespace, changes:dict=None, resumed_fro
     if resumed_from is None or not (out / 'args.yaml').exists():
         atomic_write(out / 'args.yaml', lambda t: Path(t).write_text(yaml.safe_dump(_plain(vars(args)), sort_keys=True)))
     if resumed_from is not None:
-        entry = dict(time=datetime.now(timezone.utc).isoformat(timespec='seconds'), checkpoint=str(resumed_from),
+        entry = dict(time=datetime.now(timezone.utc).isoformat(timespec='seconds'), command=args.command, checkpoint=str(resumed_from),
                      changed={k: dict(old=_plain(a), new=_plain(b)) for k, (a, b) in (changes or {}).items()})
         with open(out / 'resumes.yaml', 'a') as f: f.write(yaml.safe_dump([entry], sort_keys=False))
 
@@ -228,7 +279,7 @@ class TrainState:
 
     def checkpoint(self, args, class_names, metric=None, rng=None) -> dict:
         "The checkpoint dict: the official layout plus what an exact resume and `t2t-eval` need."
-        ck = dict(epoch=self.epoch - 1, step=self.step, batch=self.batch, arch=args.model, version=3, metric=metric, best=self.best,
+        ck = dict(epoch=self.epoch - 1, step=self.step, batch=self.batch, arch=args.model, version=4, metric=metric, best=self.best,
                   args=argparse.Namespace(**vars(args)), class_names=list(class_names),
                   model_kwargs=dict(args.model_kwargs, img_size=args.img_size, num_classes=args.num_classes),
                   state_dict=unwrap_model(self.model).state_dict(), optimizer=self.optimizer.state_dict(),
@@ -253,9 +304,9 @@ class TrainState:
 
 # %% ../nbs/09_train.ipynb #85ec81f2
 MUST_MATCH = ('model', 'model_kwargs', 'img_size', 'num_classes')
-REFUSED = ('batch_size', 'lr', 'lr_base_batch', 'accum_steps', 'world_size', 'seed', 'max_steps_per_epoch')
+REFUSED = ('total_batch_size', 'lr', 'lr_base_batch', 'accum_steps', 'world_size', 'seed', 'max_steps_per_epoch')
 SCHEDULE = ('epochs', 'warmup_epochs', 'min_lr', 'warmup_lr')
-NOT_COMPARED = ('resume', 'overwrite', 'output', 'data_root', 'lr_used')
+NOT_COMPARED = ('resume', 'overwrite', 'output', 'data_root', 'lr_used', 'command', 'batch_size')   # batch_size follows from the total
 
 def _epoch_of(p:Path) -> int:
     n = p.name[len('checkpoint-'):-len('.pth.tar')]
@@ -265,6 +316,9 @@ def _usable(path:Path) -> dict:
     ck = read_checkpoint(path)
     missing = [k for k in ('state_dict', 'optimizer', 'epoch', 'step', 'args') if k not in ck]
     if missing: raise CheckpointError(f'{path}: not a training checkpoint (no {", ".join(missing)}); give it to t2t-eval, or fine-tune from it')
+    for key in ('state_dict', 'state_dict_ema'):
+        bad = nonfinite_report(ck.get(key) or {}, path, key)
+        if bad: raise CheckpointError(bad)
     return ck
 
 def find_checkpoint(out:Path, resume:str) -> tuple:
@@ -285,6 +339,7 @@ def find_checkpoint(out:Path, resume:str) -> tuple:
 def check_resume(ck:dict, args:argparse.Namespace, class_names:list) -> dict:
     "Compare a checkpoint's flags with this run's: a UsageError for a mismatch or a refused change, else {flag: (old, new)}."
     old = vars(ck['args']) if isinstance(ck['args'], argparse.Namespace) else dict(ck['args'])
+    if 'total_batch_size' not in old: old = dict(old, total_batch_size=old.get('batch_size'))   # before version 4, -b was the total
     def differ(keys): return {k: (old.get(k), getattr(args, k, None)) for k in keys if _plain(old.get(k)) != _plain(getattr(args, k, None))}
     bad = differ(MUST_MATCH)
     if ck.get('class_names') is not None and list(ck['class_names']) != list(class_names): bad['class folders'] = (ck['class_names'], class_names)
@@ -418,7 +473,7 @@ def train_one_epoch(model, state:TrainState, loader, loss_fn, mixup, device, arg
     sums = torch.tensor([p.get('loss_sum', 0.), p.get('images', 0), p.get('nonfinite', 0)], dtype=torch.float64, device=device)
     step, in_row = torch.full((), state.step, device=device), torch.zeros((), dtype=torch.long, device=device)   # updates done; non-finite in a row
     worst, last = torch.zeros_like(in_row), torch.zeros((), device=device)
-    h = argparse.Namespace(skipped=p.get('skipped', 0), nonfinite=int(p.get('nonfinite', 0)), updates=0)   # what the host knows
+    h = argparse.Namespace(skipped=p.get('skipped', 0), nonfinite=int(p.get('nonfinite', 0)), updates=0, first=[])   # what the host knows
     stopped, t0 = False, time.perf_counter() - p.get('time', 0.)
     limit = args.max_steps_per_epoch * accum if args.max_steps_per_epoch else None
     bar = tqdm(loader, desc=f'epoch {state.epoch}', disable=not progress, leave=False, dynamic_ncols=True)
@@ -441,7 +496,7 @@ def train_one_epoch(model, state:TrainState, loader, loss_fn, mixup, device, arg
     for i, (x, y, bad) in enumerate(bar, start=state.batch):
         if limit and i >= limit: break
         for path, why in bad: log(f'warning: skipped image {path}: {why}')
-        h.skipped += len(bad)
+        h.skipped += len(bad); h.first = h.first or list(bad[:1])
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if args.channels_last: x = x.contiguous(memory_format=torch.channels_last)
         if mixup is not None and len(x) % 2: x, y = x[:-1], y[:-1]          # mixup pairs images: even batch
@@ -474,7 +529,7 @@ def train_one_epoch(model, state:TrainState, loader, loss_fn, mixup, device, arg
     dt = time.perf_counter() - t0
     loss_sum, n, n_bad, skipped = totals.tolist()
     return dict(train_loss=loss_sum / max(n, 1), images=int(n), skipped=int(skipped), nonfinite=int(n_bad), images_per_s=n / dt,
-                epoch_time=dt, loss_sum=loss_sum), stopped
+                epoch_time=dt, loss_sum=loss_sum, skipped_files=h.first), stopped
 
 # %% ../nbs/09_train.ipynb #8f522f7a
 def build_data(args, rank:int, world:int) -> argparse.Namespace:
@@ -488,7 +543,7 @@ def build_data(args, rank:int, world:int) -> argparse.Namespace:
     aug = dict(DEMO_AUG) if args.data is None else dict(PAPER_AUG, auto_augment=args.aa, re_prob=args.reprob)
     tf = eval_transform(args.img_size) if args.no_aug else train_transform(args.img_size, **aug)
     train_ds, val_ds = SafeImageFolder(train_dir, transform=tf), SafeImageFolder(val_dir, transform=eval_transform(args.img_size))
-    per_rank = args.batch_size // (world * args.accum_steps)
+    per_rank = args.batch_size                                   # per process and step (split_batch)
     pin = torch.cuda.is_available() if args.pin_mem is None else args.pin_mem
     train_dl = make_loader(train_ds, per_rank, train=True, workers=args.workers, seed=args.seed, world=world, rank=rank, pin_memory=pin)
     val_dl = torch.utils.data.DataLoader(val_ds, batch_size=max(per_rank, 32), sampler=ShardSampler(len(val_ds), rank, world), num_workers=args.workers,
@@ -502,9 +557,10 @@ def complete_args(args, data, world:int, device) -> argparse.Namespace:
         raise UsageError(f'--num-classes {args.num_classes} but {data.root} has {n_cls} class folders; use --num-classes {n_cls} or more (or leave it out)')
     steps = len(data.train) // args.accum_steps
     if steps == 0:
-        raise UsageError(f'-b/--batch-size {args.batch_size} is larger than the training set ({data.n_train} images in {data.root}): '
-                         f'0 steps per epoch; use -b {max(world * args.accum_steps, data.n_train // (world * args.accum_steps) * world * args.accum_steps)} or less')
-    total = data.per_rank * world * args.accum_steps
+        fit = max(1, data.n_train // (world * args.accum_steps))
+        raise UsageError(f'{batch_line(args.batch_size, world, args.accum_steps)} is larger than the training set ({data.n_train} images in '
+                         f'{data.root}): 0 steps per epoch; use -b {fit} or less (--total-batch-size {fit * world * args.accum_steps} or less)')
+    total = args.total_batch_size
     return argparse.Namespace(**{**vars(args), 'num_classes': args.num_classes or n_cls, 'amp': resolve_amp(device, args.amp), 'world_size': world,
                                  'data_root': str(data.root), 'lr_used': scaled_lr(args.lr, args.lr_base_batch, total),
                                  'steps_per_epoch': min(steps, args.max_steps_per_epoch or steps)})
@@ -615,12 +671,18 @@ def _exit(status:int, msg:str=None, rank:int=0):
 def start_run(argv, rank:int, world:int, device) -> tuple:
     "Checks, data, model, resume point and run folder, in that order: (args, data, state, log, out), or a UsageError."
     args = resolve_args(get_parser().parse_args(argv))
+    args.command = shlex.join(['t2t-train', *argv])                   # recorded in args.yaml, resumes.yaml and each checkpoint
     check_args(args, world)
+    args = split_batch(args, world)
     out = Path(args.output or Path('runs') / args.model)
-    check_output(out, args.resume, args.overwrite)
+    check_output(out, args.resume, args.overwrite, args.data)
+    ck_path, ck, skipped = find_checkpoint(out, args.resume)
+    if args.finetune and ck is None and not Path(args.finetune).is_file():
+        raise UsageError(f'--finetune {args.finetune}: no such checkpoint file, and no checkpoint to resume from in {out}')
+    check_buildable(args, device)
     data = build_data(args, rank, world)
     args = complete_args(args, data, world, device)
-    model, ck_path, ck, skipped = build_model(args, device), *find_checkpoint(out, args.resume)
+    model = build_model(args, device)
     tuned = load_finetune(model, args.finetune) if args.finetune and ck is None else None   # before the EMA copies the model
     state = build_state(model, args, device)
     changes = check_resume(ck, args, data.classes) if ck is not None else {}
@@ -657,6 +719,7 @@ def validate(state:TrainState, data, device, args, log) -> tuple:
 # %% ../nbs/09_train.ipynb #3e60f02f
 def run(argv=None) -> dict:
     "Train as the command line says; returns the best EMA top-1, the output folder and the last step."
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try: rank, world, local, device = setup_distributed(get_parser().parse_args(argv).device)
     except UsageError as e: _exit(EXIT_USAGE, e)
     try: args, data, state, log, out = start_run(argv, rank, world, device)
@@ -667,8 +730,9 @@ def run(argv=None) -> dict:
     loss_fn = SoftTargetCrossEntropy() if mixup else LabelSmoothingCrossEntropy(args.smoothing) if args.smoothing else nn.CrossEntropyLoss()
     n_params = sum(p.numel() for p in state.model.parameters() if p.requires_grad) / 1e6
     log(f'{args.model} @ {args.img_size}px, {args.num_classes} classes, {n_params:.2f}M params; {world} process(es) on {device.type}{", " + dist.get_backend() if dist.is_initialized() else ""}, amp={args.amp}, compile={args.compile}')
-    log(f'total batch {data.per_rank * world * args.accum_steps} = {data.per_rank} x {world} x {args.accum_steps} accum; lr {args.lr:g} for batch {args.lr_base_batch} '
-        f'-> lr used {args.lr_used:g}; {args.epochs} epochs ({args.warmup_epochs} warmup), {args.steps_per_epoch} steps/epoch')
+    log(batch_line(args.batch_size, world, args.accum_steps))
+    log(f'lr {args.lr:g} for a total batch of {args.lr_base_batch} -> lr used {args.lr_used:g}; {args.epochs} epochs ({args.warmup_epochs} warmup), '
+        f'{args.steps_per_epoch} steps/epoch')
     try:
         with Preemption() as stop:
             while state.epoch < args.epochs:
@@ -685,7 +749,9 @@ def run(argv=None) -> dict:
                     log(f'stopped by {stop.signal or "a signal on another rank"} after step {state.step} (epoch {epoch}, batch {state.batch} of '
                         f'{args.steps_per_epoch * args.accum_steps}): saved {out / "last.pth.tar"}; continue with --resume auto')
                     log.close(); _exit(EXIT_PREEMPTED)
+                require_images(tr, data.train.dataset.root, 'training')
                 ev, eev = validate(state, data, device, args, log)
+                require_images(ev, data.val.dataset.root, 'validation')
                 row = dict(epoch=epoch, lr=state.optimizer.param_groups[0]['lr'], train_loss=tr['train_loss'], top1=ev['top1'], top5=ev['top5'],
                            val_loss=ev['loss'], ema_top1=eev['top1'], ema_top5=eev['top5'], images_per_s=tr['images_per_s'],
                            skipped=tr['skipped'] + ev['skipped'], nonfinite=tr['nonfinite'], epoch_time=tr['epoch_time'])
@@ -701,7 +767,12 @@ def run(argv=None) -> dict:
                     log.close(); _exit(EXIT_PREEMPTED)
     except NonFiniteLoss as e:
         log(f't2t-train: stopped: {e}'); log.close(); _exit(EXIT_NONFINITE)
-    except SaveError as e:
+    except (SaveError, DataError) as e:
+        log(f't2t-train: error: {e}'); log.close(); _exit(EXIT_USAGE, e, rank)
+    except RuntimeError as oom:                                         # CUDA's OutOfMemoryError is one
+        if not is_out_of_memory(oom): raise
+        e = (f'out of {device.type} memory at {batch_line(args.batch_size, world, args.accum_steps)}: lower -b/--batch-size and raise '
+             f'--accum-steps by as much to keep the total batch, or add --grad-checkpointing')
         log(f't2t-train: error: {e}'); log.close(); _exit(EXIT_USAGE, e, rank)
     if rank == 0 and (out / 'metrics.csv').exists(): plot_curves(out / 'metrics.csv', out / 'curves.png')
     best = f'best EMA top-1 {state.best:.2f}%' if state.best is not None else 'no best EMA top-1 recorded'
