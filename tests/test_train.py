@@ -16,12 +16,14 @@ def epochs_logged(out):
 
 def test_two_process_ddp_equals_one_process(data, tmp_path):
     "2 gloo processes x 4 images = 1 process x 8 images: same parameters after the same steps."
-    common = ['--epochs', 1, '--max-steps-per-epoch', 3, '-b', 8, '--no-aug', '--no-ema', '--drop-path', 0, '--warmup-epochs', 0, '--lr', 1e-3]
+    common = ['--epochs', 1, '--max-steps-per-epoch', 3, '--total-batch-size', 8, '--no-aug', '--no-ema', '--drop-path', 0, '--warmup-epochs', 0,
+              '--lr', 1e-3]
     r1 = run(train_cmd(data, tmp_path / 'one', *common))
     assert r1.returncode == 0, r1.stderr[-2000:]
     r2 = run(train_cmd(data, tmp_path / 'two', *common, torchrun=['--nproc_per_node=2', '--master_port=29571']))
     assert r2.returncode == 0, r2.stderr[-2000:]
-    assert 'total batch 8 = 4 x 2 x 1 accum' in (tmp_path / 'two' / 'log.txt').read_text()
+    assert 'batch: 4 per process x 2 processes = 8 total' in (tmp_path / 'two' / 'log.txt').read_text()
+    assert 'batch: 8 per process x 1 process = 8 total' in (tmp_path / 'one' / 'log.txt').read_text()
     a, b = weights(tmp_path / 'one' / 'last.pth.tar'), weights(tmp_path / 'two' / 'last.pth.tar')
     assert a.keys() == b.keys()
     for k in a: torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
@@ -108,8 +110,8 @@ def test_bad_data_folder_is_refused_before_work(tmp_path, layout, message):
 
 
 def test_batch_not_divisible_by_world_size_is_refused(data, tmp_path):
-    r = run(train_cmd(data, tmp_path / 'out', '-b', 7, torchrun=['--nproc_per_node=2', '--master_port=29575']))
-    assert r.returncode != 0 and 'does not divide by world size 2' in r.stdout + r.stderr
+    r = run(train_cmd(data, tmp_path / 'out', '--total-batch-size', 7, torchrun=['--nproc_per_node=2', '--master_port=29575']))
+    assert r.returncode != 0 and '--total-batch-size 7 does not divide by 2 process(es)' in r.stdout + r.stderr
 
 
 @pytest.mark.parametrize('amp', ['bf16', 'fp16'])
@@ -131,11 +133,12 @@ def test_non_finite_losses_stop_the_run_with_a_clear_message(data, tmp_path):
 
 def test_gradient_accumulation_equals_the_full_batch(data, tmp_path):
     "2 micro-batches of 4 with --accum-steps 2 give the weights of one batch of 8 (up to float rounding)."
-    common = ['--epochs', 1, '--max-steps-per-epoch', 3, '-b', 8, '--no-aug', '--no-ema', '--drop-path', 0, '--warmup-epochs', 0, '--lr', 1e-3]
+    common = ['--epochs', 1, '--max-steps-per-epoch', 3, '--total-batch-size', 8, '--no-aug', '--no-ema', '--drop-path', 0,
+              '--warmup-epochs', 0, '--lr', 1e-3]
     for name, extra in (('full', []), ('accum', ['--accum-steps', 2])):
         r = run(train_cmd(data, tmp_path / name, *common, *extra))
         assert r.returncode == 0, r.stderr[-2000:]
-    assert 'total batch 8 = 4 x 1 x 2 accum' in (tmp_path / 'accum' / 'log.txt').read_text()
+    assert 'batch: 4 per process x 1 process x 2 accumulation steps = 8 total' in (tmp_path / 'accum' / 'log.txt').read_text()
     a, b = weights(tmp_path / 'full' / 'last.pth.tar'), weights(tmp_path / 'accum' / 'last.pth.tar')
     for k in a: torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
 
@@ -242,7 +245,7 @@ def test_resume_is_validated_and_a_longer_schedule_is_honoured(data, tmp_path):
     assert run(train_cmd(data, out, '--epochs', 2, '-b', 8, '--warmup-epochs', 1, '--no-ema')).returncode == 0
     cases = [(['--model-kwargs', '{"embed_dim": 64, "depth": 1, "num_heads": 2, "mlp_ratio": 1.0, "token_dim": 8, '
                                  '"schedule": [[3, 2, 1], [3, 2, 1], [3, 1, 1]]}'], 'the checkpoint is another model: model_kwargs was'),
-             (['-b', 4], 'changing -b/--batch-size (8 -> 4) mid-run is refused'),
+             (['-b', 4], 'changing --total-batch-size (8 -> 4) mid-run is refused'),
              (['--lr', 1e-2], 'changing --lr (')]
     for extra, message in cases:
         r = run(train_cmd(data, out, '--epochs', 4, '-b', 8, '--warmup-epochs', 1, '--no-ema', '--resume', 'auto', *extra))
@@ -305,7 +308,8 @@ def _copy(data, dst):
                                   'resume_missing_file'])
 def test_user_errors_exit_2_with_one_line_before_any_work(data, tmp_path, case):
     d, extra, message = data, [], None
-    if case == 'batch_larger_than_data': extra, message = ['-b', 64], '-b/--batch-size 64 is larger than the training set (32 images'
+    if case == 'batch_larger_than_data':
+        extra, message = ['-b', 64], 'batch: 64 per process x 1 process = 64 total is larger than the training set (32 images'
     if case == 'fewer_classes_than_folders': extra, message = ['--num-classes', 3], '--num-classes 3 but'
     if case == 'num_classes_0': extra, message = ['--num-classes', 0], 'a classifier needs at least 1 class'
     if case == 'empty_class_folder':
@@ -369,8 +373,8 @@ def test_sigterm_to_every_torchrun_worker_stops_them_after_the_same_step(data, t
 def _pieces(data, *extra, ema_warmup=False):
     "Model, TrainState, loader, loss and mixup of a tiny run, built as `run` builds them, in this process."
     from t2t_vit_lite import train as T
-    args = T.resolve_args(T.get_parser().parse_args(_in_process(data, 'unused', '-b', 4, *extra)))
-    T.check_args(args, 1)
+    args = T.resolve_args(T.get_parser().parse_args(_in_process(data, 'unused', '--total-batch-size', 4, *extra)))
+    T.check_args(args, 1); args = T.split_batch(args, 1)
     dev = torch.device('cpu')
     d = T.build_data(args, 0, 1)
     args = T.complete_args(args, d, 1, dev)
