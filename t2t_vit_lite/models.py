@@ -67,7 +67,7 @@ def _checkpoint_filter(state_dict:dict, model:T2TViT) -> dict:
     if bad: raise ck.CheckpointError(f'{bad}; nothing was loaded')
     return sd
 
-def _load(model:T2TViT, cfg:dict, variant:str):
+def _load(model:T2TViT, cfg:dict, variant:str, cache_dir=None):
     "Load `cfg`'s weights: a `file` with chapter 07's loader; `local-dir:`/`hf-hub:` with timm's loader."
     source, _ = _resolve_pretrained_source(cfg)
     if source == 'file': return _load_file[0](model, cfg['file'])
@@ -75,7 +75,7 @@ def _load(model:T2TViT, cfg:dict, variant:str):
                                     f"pretrained_cfg_overlay=dict(file='path/to/checkpoint.pth.tar'), or create "
                                     "'local-dir:FOLDER' / 'hf-hub:ORG/NAME' (a save_for_hf folder)")
     load_pretrained(model, cfg, num_classes=model.num_classes, in_chans=model.in_chans,
-                    filter_fn=_checkpoint_filter)
+                    filter_fn=_checkpoint_filter, cache_dir=cache_dir)
 
 def _create(variant:str, pretrained:bool=False, features_only:bool=False, out_indices=3,
             feature_cls:str='getter', **kwargs):
@@ -90,7 +90,7 @@ def _create(variant:str, pretrained:bool=False, features_only:bool=False, out_in
     source_cfg, size, chans = model.pretrained_cfg, model.img_size, model.in_chans
     model.pretrained_cfg = model.default_cfg = {**source_cfg, 'input_size': (chans, size, size),
                                                 'num_classes': model.num_classes}
-    if pretrained: _load(model, source_cfg, variant)
+    if pretrained: _load(model, source_cfg, variant, kwargs.get('cache_dir'))
     if not features_only: return model
     features = FeatureGetterNet(model, out_indices=out_indices)
     features.pretrained_cfg = features.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
