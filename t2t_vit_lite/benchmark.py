@@ -15,6 +15,7 @@ from torch.utils._pytree import tree_flatten
 from .models import create_model, VARIANTS
 from .backbone import count_macs
 from .runtime import add_amp_argument, resolve_amp, autocast_for, atomic_write
+from .runtime import UsageError, check_output_file
 from .data import load_rgb, train_transform
 
 # %% auto #0
@@ -273,10 +274,21 @@ def _run_info(a, argv:list) -> dict:
                 f'{torch.get_num_threads()} threads, {os.cpu_count()} cores', torch=torch.__version__, timm=timm.__version__, device=a.device,
                 gpu=gpu, driver=driver, command=shlex.join(['t2t-bench', *argv]), allocator=allocator_env())
 
+def _saved_runs(path) -> list:
+    "The runs already in a `--save` file (none if it does not exist yet), or a UsageError before anything is timed."
+    f = check_output_file(path, '--save', overwrite=True)            # a folder, a missing folder, below a file, unwritable
+    if not f.exists(): return []
+    try: runs = json.loads(f.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f'--save {f} is not a t2t-bench results file (not JSON: {e}); choose another file') from None
+    if not isinstance(runs, list):
+        raise UsageError(f'--save {f} holds JSON but not a list of runs; choose another file')
+    return runs
+
 def _append(path, run:dict):
     "Add `run` to the JSON list in `path` (created if missing), written atomically."
-    f = pathlib.Path(path); runs = json.loads(f.read_text()) if f.exists() else []
-    f.parent.mkdir(parents=True, exist_ok=True); atomic_write(f, lambda t: pathlib.Path(t).write_text(json.dumps(runs + [run], indent=1)))
+    runs = _saved_runs(path)
+    atomic_write(pathlib.Path(path), lambda t: pathlib.Path(t).write_text(json.dumps(runs + [run], indent=1)))
 
 def _pipeline_main(a, argv:list):
     "`t2t-bench --pipeline`: images/s per CPU core through the paper's training transform, on generated ImageNet-size JPEGs."
@@ -299,6 +311,9 @@ def main(argv=None):
     for flag, v in (('--inner', a.inner), ('--repeats', a.repeats), ('--pipeline-images', a.pipeline_images)):
         if v is not None and v < 1: _fail(f'{flag} must be >= 1, got {v}')
     if a.peak_tflops is not None and not a.peak_tflops > 0: _fail(f'--peak-tflops must be a number above 0, got {a.peak_tflops}')
+    if a.save:                                                      # checked now, not after the timings
+        try: _saved_runs(a.save)
+        except UsageError as e: _fail(e)
     if a.threads: torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     if a.pipeline: return _pipeline_main(a, argv)
