@@ -11,9 +11,10 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 import timm
 from .models import create_model, VARIANTS
-from .checkpoints import load_checkpoint, read_checkpoint, extract_state_dict, CheckpointError
-from .data import SafeImageFolder, ShardSampler, collate_skip, eval_transform, split_dirs, check_class_folder, DataError
-from .runtime import UsageError, setup_distributed, add_amp_argument, resolve_amp, evaluate
+from .checkpoints import load_checkpoint, read_checkpoint, extract_state_dict, nonfinite_report, CheckpointError
+from .data import (SafeImageFolder, ShardSampler, collate_skip, eval_transform, split_dirs, check_class_folder, require_images,
+                               DataError)
+from .runtime import UsageError, setup_distributed, add_amp_argument, resolve_amp, evaluate, is_out_of_memory
 
 # %% auto #0
 __all__ = ['get_parser', 'model_spec', 'load_with_notes', 'check_weights', 'check_class_names', 'run', 'main']
@@ -26,7 +27,7 @@ def get_parser():
     p.add_argument('--checkpoint', required=True, help='official .pth.tar, mmpretrain, our checkpoint or .safetensors')
     p.add_argument('--data', required=True, help='DIR/val/<class>/<image> or DIR/<class>/<image>')
     p.add_argument('--img-size', type=int, default=None, help='input size (default: the checkpoint\'s, else 224)')
-    p.add_argument('-b', '--batch-size', type=int, default=100)
+    p.add_argument('-b', '--batch-size', type=int, default=100, help='images per process and step (timm\'s convention)')
     p.add_argument('--workers', type=int, default=4)
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', choices=['cpu', 'cuda'])
     add_amp_argument(p)
@@ -61,12 +62,7 @@ def load_with_notes(model, path, tool:str, **kw) -> dict:
 
 def check_weights(ckpt:dict, use_ema:bool, path) -> str:
     "A description of the non-finite values in the weights that will be scored, or '' when all are finite."
-    sd, where = extract_state_dict(ckpt, use_ema, path)
-    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()}
-    if not bad: return ''
-    n = sum(bad.values())
-    return (f'{path} ({where}) holds {n} NaN/infinite value{"s" if n != 1 else ""} in {len(bad)} of {len(sd)} tensors '
-            f'(first: {next(iter(bad))}); the run that saved it diverged')
+    return nonfinite_report(*extract_state_dict(ckpt, use_ema, path))       # chapter 07's check, shared by every tool
 
 def check_class_names(names:list, folder_names:list, folder):
     "A UsageError when the folder's class names differ from the checkpoint's."
@@ -80,8 +76,9 @@ def run(argv=None) -> dict:
     args = get_parser().parse_args(argv)
     try:
         root = Path(args.data)
-        if not root.is_dir(): raise DataError(f'data folder {root} does not exist')
+        if not root.is_dir(): raise DataError(f'data folder {root} ' + ('is a file; give a folder of class folders' if root.is_file() else 'does not exist'))
         if args.batch_size < 1 or args.workers < 0: raise UsageError(f'-b/--batch-size must be at least 1 and --workers 0 or more (got {args.batch_size}, {args.workers})')
+        if args.img_size is not None and args.img_size < 1: raise UsageError(f'--img-size {args.img_size}: must be at least 1 (leave it out for the checkpoint\'s)')
         val_dir = split_dirs(root, need_train=False)[1] if any((root / n).is_dir() for n in ('val', 'validation')) else check_class_folder(root, 'data')
         ckpt = read_checkpoint(args.checkpoint)
         name, kw, names = model_spec(args, ckpt)
@@ -96,13 +93,15 @@ def run(argv=None) -> dict:
         bad = check_weights(ckpt, not args.no_ema, args.checkpoint)
         if bad and not args.allow_nonfinite: raise UsageError(f'{bad}; its scores would mean nothing (pass --allow-nonfinite to score it anyway)')
         if bad and rank == 0: print(f't2t-eval: WARNING: {bad}; scoring it anyway (--allow-nonfinite)', file=sys.stderr)
-        info = load_with_notes(model, args.checkpoint, 't2t-eval', use_ema=not args.no_ema)
+        info = load_with_notes(model, args.checkpoint, 't2t-eval', use_ema=not args.no_ema, allow_nonfinite=args.allow_nonfinite)
         cfg = timm.data.resolve_model_data_config(model)
         ds.transform = eval_transform(cfg['input_size'][-1], cfg['crop_pct'], cfg['interpolation'], cfg['mean'], cfg['std'])
         dl = DataLoader(ds, batch_size=args.batch_size, sampler=ShardSampler(len(ds), rank, world), num_workers=args.workers,
                         collate_fn=collate_skip, pin_memory=device.type == 'cuda')
         res = evaluate(model.to(device), dl, device, amp, progress=rank == 0 and not args.json)
+        require_images(res, val_dir, 'evaluation')                     # not one image read: an error, not a score of 0 images
     except (UsageError, DataError, CheckpointError, FileNotFoundError, ValueError, RuntimeError) as e:
+        if is_out_of_memory(e): e = f'out of {args.device} memory at -b/--batch-size {args.batch_size} per process; use a smaller -b'
         print(f't2t-eval: error: {e}', file=sys.stderr); sys.exit(2)
     res.update(model=name, img_size=kw['img_size'], checkpoint=str(args.checkpoint), weights=info['source'], world_size=world, amp=amp)
     if rank == 0:

@@ -4,13 +4,13 @@
 
 # %% ../nbs/14_export.ipynb #e14a0005
 from __future__ import annotations
-import argparse, importlib.util, pathlib, sys, warnings
+import argparse, importlib.util, math, pathlib, sys, warnings
 import torch
 import torch.nn as nn
 from .models import create_model, VARIANTS
 from .checkpoints import read_checkpoint, CheckpointError
 from .evaluate import model_spec, load_with_notes
-from .runtime import UsageError
+from .runtime import UsageError, SaveError, atomic_write, check_output_file
 
 # %% auto #0
 __all__ = ['export_program', 'export_onnx', 'run_onnx', 'verify', 'get_parser', 'main']
@@ -46,12 +46,16 @@ def run_onnx(path, x:torch.Tensor) -> torch.Tensor:
 
 # %% ../nbs/14_export.ipynb #e14a0016
 def verify(path, model:nn.Module, fmt:str, batch:int=3) -> float:
-    "Largest |difference| between the exported file at `path` (onnx or pt2) and `model` in eager mode, on a random batch."
+    "Largest |difference| between the exported file at `path` (onnx or pt2) and `model` in eager mode, on a random batch; inf if either gives NaN or inf."
     model = model.eval()
     x = torch.randn(batch, model.in_chans, model.img_size, model.img_size)
     with torch.no_grad():
-        out = run_onnx(path, x) if fmt == 'onnx' else torch.export.load(str(path)).module()(x)
-        return (out - model(x)).abs().max().item()
+        if fmt == 'onnx': out = run_onnx(path, x)
+        else:
+            with open(path, 'rb') as f: out = torch.export.load(f).module()(x)
+        ref = model(x)
+        if not (torch.isfinite(out).all() and torch.isfinite(ref).all()): return math.inf     # NaN - NaN is NaN, and NaN > atol is False
+        return (out - ref).abs().max().item()
 
 def get_parser():
     p = argparse.ArgumentParser('t2t-export', description='Export a T2T-ViT to ONNX or a torch.export .pt2 file, then verify it.')
@@ -59,6 +63,7 @@ def get_parser():
     p.add_argument('--checkpoint', required=True, metavar='FILE', help='weights: official, mmpretrain, own or .safetensors')
     p.add_argument('--format', required=True, choices=['onnx', 'pt2'])
     p.add_argument('--output', metavar='FILE', help='default: <checkpoint name>.<format> beside the checkpoint')
+    p.add_argument('--overwrite', action='store_true', help='replace --output if it exists (only once the new file is verified)')
     p.add_argument('--img-size', type=int, default=None, help='input size (default: the checkpoint\'s, else 224)')
     p.add_argument('--atol', type=float, default=1e-4, help='largest |difference| from eager PyTorch the check accepts')
     return p
@@ -71,17 +76,28 @@ def main(argv=None):
     if a.model is not None and a.model not in VARIANTS: _fail(f'unknown model {a.model!r}; use one of {", ".join(VARIANTS)}')
     missing = [m for m in ('onnx', 'onnxscript', 'onnxruntime') if importlib.util.find_spec(m) is None] if a.format == 'onnx' else []
     if missing: _fail(f'--format onnx needs {", ".join(missing)}; install with: pip install onnx onnxscript onnxruntime (or use --format pt2)')
+    if not (a.atol >= 0 and math.isfinite(a.atol)): _fail(f'--atol {a.atol}: must be a finite number, 0 or more')
+    if a.img_size is not None and a.img_size < 1: _fail(f'--img-size {a.img_size}: must be at least 1 (leave it out for the checkpoint\'s)')
+    out = pathlib.Path(a.output or pathlib.Path(a.checkpoint).with_suffix(f'.{a.format}'))
+    try: check_output_file(out, '--output', a.overwrite, inputs=[a.checkpoint])        # chapter 06a: before the model is built
+    except UsageError as e: _fail(str(e))
     try:
         name, kw, _ = model_spec(a, read_checkpoint(a.checkpoint))     # as t2t-eval does (chapter 10): our files name their model
         if name not in VARIANTS: raise UsageError(f'{a.checkpoint} names model {name!r}, which is not one of {", ".join(VARIANTS)}')
         model = create_model(name, **kw)
-        load_with_notes(model, a.checkpoint, 't2t-export')            # chapter 10: no warning before a load error
-    except (FileNotFoundError, CheckpointError, UsageError) as e: _fail(str(e).replace('\n', ' '))
-    out = pathlib.Path(a.output or pathlib.Path(a.checkpoint).with_suffix(f'.{a.format}'))
-    if a.format == 'onnx': export_onnx(model, out)
-    else: torch.export.save(export_program(model), str(out))
-    diff = verify(out, model, a.format)
-    if diff > a.atol: _fail(f'{out}: the exported model differs from eager PyTorch by {diff:.2e} > --atol {a.atol}')
+        load_with_notes(model, a.checkpoint, 't2t-export')            # chapter 10: no warning before a load error (NaN weights refused)
+    except (FileNotFoundError, CheckpointError, UsageError, ValueError) as e: _fail(str(e).replace('\n', ' '))
+    diff = []
+    def write_and_verify(tmp):                                        # into a temporary file, renamed over `out` once verified
+        if a.format == 'onnx': export_onnx(model, tmp)
+        else:
+            with open(tmp, 'wb') as f: torch.export.save(export_program(model), f)
+        diff.append(verify(tmp, model, a.format))
+        if not diff[-1] <= a.atol: raise UsageError(f'{out}: the exported model differs from eager PyTorch by {diff[-1]:.2e} > --atol {a.atol}; '
+                                                    f'nothing was written')
+    try: atomic_write(out, write_and_verify)
+    except (UsageError, SaveError) as e: _fail(str(e))
+    diff = diff[-1]
     print(f'wrote {out} ({out.stat().st_size / 2**20:.1f} MiB); verified on a batch of 3: max |difference| {diff:.1e}')
 
 if __name__ == '__main__' and not hasattr(sys, 'ps1') and 'ipykernel' not in sys.modules: main()
