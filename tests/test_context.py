@@ -1,5 +1,7 @@
 "Chapter 13a's committed context table: parseable, sourced, its T2T-ViT rows the published ones."
-import csv, pathlib
+import csv
+import pathlib
+
 import t2t_vit_lite
 
 CSV = pathlib.Path(t2t_vit_lite.__file__).parent / 'results' / 'context.csv'
@@ -10,7 +12,8 @@ OFFICIAL = {'t2t_vit_7': (71.7, 4.3, 1.1), 't2t_vit_10': (75.2, 5.9, 1.5),
             't2t_vit_t_14': (81.7, 21.5, 6.1), 't2t_vit_t_19': (82.4, 39.2, 9.8),
             't2t_vit_t_24': (82.6, 64.1, 15.0)}
 
-def rows(): return list(csv.DictReader(open(CSV)))
+def rows():
+    with open(CSV) as f: return list(csv.DictReader(f))
 
 def test_every_row_is_sourced_and_complete():
     rs = rows()
