@@ -107,9 +107,10 @@ weights: setup
 glyph-atlas: setup
 	$(BIN)/python -c 'from t2t_vit_lite.glyphs import build_atlas; print(build_atlas())'
 
-# chapter 12's ablation sweep on the CPU (resumable: finished runs are kept): t2t_vit_lite/results/ablations.{csv,json,png}
+# chapter 12's paired ablation sweep on the CPU, two processes of one thread (resumable: finished runs are kept):
+# t2t_vit_lite/results/ablations.{csv,json} and ablations_labels.json; `... --pilot` redoes the pilot
 experiments: setup
-	OMP_NUM_THREADS=1 nice -n 19 $(BIN)/python -m t2t_vit_lite.experiments
+	OMP_NUM_THREADS=1 $(BIN)/python -m t2t_vit_lite.experiments --jobs 2
 
 clean:
 	rm -rf _build _proc _docs
