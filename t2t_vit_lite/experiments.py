@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_experiments.ipynb #4c445bcc
 from __future__ import annotations
-import argparse, base64, csv, inspect, json, math, os, platform, sys, time
+import argparse, base64, csv, inspect, json, math, os, platform, signal, sys, time
 import multiprocessing as mp
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['IMG_SIZE', 'T2T_SPLITS', 'BASE', 'ARMS', 'PAIRS', 'DATASETS', 'N_TEST', 'SIZES', 'SEEDS', 'DIGIT_SIZES', 'RECIPE',
-           'CONVERGED', 'FIELDS', 'KEY', 'RESULTS_DIR', 'PILOT_SEED', 'PILOT_LRS', 'LR', 'DIGIT_ARMS', 'arm_model',
-           'arm_cost', 'digits_tensors', 'dataset_tensors', 'stratified_subset', 'random_shift', 'predict',
+           'CONVERGED', 'FIELDS', 'KEY', 'RESULTS_DIR', 'PILOT_SEED', 'PILOT_LRS', 'LR', 'DIGIT_ARMS', 'GROUPS',
+           'arm_model', 'arm_cost', 'digits_tensors', 'dataset_tensors', 'stratified_subset', 'random_shift', 'predict',
            'encode_preds', 'decode_preds', 'train_run', 'read_rows', 'run_key', 'read_labels', 'run_sweep',
            'pilot_specs', 'choose_lr', 'sweep_specs', 'pair_stats', 'verdict_table', 'plot_verdicts', 'machine', 'main']
 
@@ -64,8 +64,8 @@ def arm_cost(arm:str, num_classes:int=10, scale:int=1) -> tuple:
 
 # %% ../nbs/12_experiments.ipynb #67794cae
 N_TEST = 2048                    # held-out glyph images per seed (families no training image has)
-SIZES, SEEDS = (128, 256, 512), (0, 1, 2, 3, 4)    # training images per run; paired seeds
-DIGIT_SIZES = (1438,)            # the control: all the training digits
+SIZES, SEEDS = (64, 128, 256), (0, 1, 2, 3, 4)    # training images per run; paired seeds
+DIGIT_SIZES = (256,)             # the control: digits, as many as the largest glyph set
 
 @lru_cache(maxsize=2)
 def digits_tensors(img_size:int=IMG_SIZE) -> tuple:
@@ -228,11 +228,15 @@ def choose_lr(rows:list) -> dict:
         if r['arm'] not in best or k > best[r['arm']][0]: best[r['arm']] = (k, r['lr'])
     return {a: lr for a, (_, lr) in best.items()}
 
+GROUPS = (('t2t_transformer', 'patch'), ('conv',), ('t2t_performer',), ('deep_narrow', 'shallow_wide'))
+
 def sweep_specs(arms=tuple(ARMS), sizes=SIZES, seeds=SEEDS, steps:int=RECIPE['steps'], lr:dict=None,
                 digit_arms=DIGIT_ARMS, digit_sizes=DIGIT_SIZES, **extra) -> list:
-    "Every run: largest size first, seed by seed (a partial sweep is complete for its first sizes)."
-    lr, todo = lr or LR, [('glyphs', n, arms) for n in sorted(sizes, reverse=True)]
-    todo[1:1] = [('digits', n, digit_arms) for n in digit_sizes]   # the control after the first size
+    "Every run: largest size first, then GROUPS of arms, all seeds of a group before the next."
+    lr = lr or LR
+    todo = [('glyphs', n, [a for a in grp if a in arms]) for n in sorted(sizes, reverse=True)
+            for grp in GROUPS]
+    todo[1:1] = [('digits', n, list(digit_arms)) for n in digit_sizes]   # the control, second
     return [dict(dataset=d, arm=a, n_train=n, seed=s, steps=steps, lr=lr[a], **extra)
             for d, n, arms_d in todo for s in seeds for a in arms_d]
 
@@ -322,14 +326,19 @@ def main(argv=None):
     specs = ([{**s, **extra} for s in pilot_specs(args.steps, args.arms)] if args.pilot else
              sweep_specs(args.arms, args.sizes, args.seeds, args.steps,
                          digit_arms=DIGIT_ARMS if args.digits else (), **extra))
-    rows = run_sweep(out / f'{name}.csv', specs, args.jobs, not args.no_progress)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # a stopped sweep still writes its JSON
+    stopped = None
+    try: rows = run_sweep(out / f'{name}.csv', specs, args.jobs, not args.no_progress)
+    except (KeyboardInterrupt, SystemExit) as e:
+        stopped, rows = type(e).__name__, read_rows(out / f'{name}.csv')
     keys = {run_key(s) for s in specs}
     mine = [r for r in rows if run_key(r) in keys]
     info = dict(command='python -m t2t_vit_lite.experiments ' + ' '.join(argv or sys.argv[1:]),
                 date=datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), machine=machine(),
                 jobs=args.jobs, wall_seconds_last_call=round(time.perf_counter() - t0),
                 planned=len(specs), done=len(mine), recipe={**RECIPE, 'steps': args.steps},
-                converged_rule=f'train_top1 >= {CONVERGED}', lr=LR if not args.pilot else None)
+                converged_rule=f'train_top1 >= {CONVERGED}', lr=LR if not args.pilot else None,
+                stopped=stopped)
     jp = out / f'{name}.json'
     old = json.loads(jp.read_text()) if jp.exists() else {}
     info['wall_seconds_all_calls'] = (old.get('wall_seconds_all_calls', 0)
