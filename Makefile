@@ -99,7 +99,9 @@ bench-gpu-infer:
 	$(T2T_BENCH) --pipeline --save $(GPU_JSON)
 bench-gpu: bench-gpu-train bench-gpu-infer
 
-# the trained reference models shipped in t2t_vit_lite/weights/ (chapter 10a), regenerated from scratch on the CPU
+# the trained reference models shipped in t2t_vit_lite/weights/ (chapter 10a), regenerated from scratch on the CPU:
+# t2t and patch on the digits, glyphs_t2t and glyphs_patch on the glyphs (one thread each; `python -m
+# t2t_vit_lite.reference KIND` remakes one kind)
 weights: setup
 	OMP_NUM_THREADS=1 nice -n 19 $(BIN)/python -m t2t_vit_lite.reference
 

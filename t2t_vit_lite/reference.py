@@ -4,51 +4,98 @@
 
 # %% ../nbs/10a_reference_models.ipynb #6735103b
 from __future__ import annotations
-import inspect, json, os, shlex, shutil, sys, time
+import inspect, json, os, platform, shlex, shutil, sys, time
 from pathlib import Path
 import torch
 from .models import create_model
 from .checkpoints import load_checkpoint, read_checkpoint, model_config
-from .data import digits_folder, SafeImageFolder, eval_transform, split_dirs, collate_skip
+from .data import (digits_folder, SafeImageFolder, eval_transform, split_dirs,
+                               collate_skip)
+from .glyphs import glyphs_folder
 from .runtime import atomic_write
 
 # %% auto #0
-__all__ = ['WEIGHTS_DIR', 'BASE_KWARGS', 'KINDS', 'VARIANT', 'IMG_SIZE', 'EPOCHS', 'SEED', 'train_argv', 'digits_root',
-           'held_out_top1', 'make_reference', 'reference_metadata', 'demo_model', 'main']
+__all__ = ['WEIGHTS_DIR', 'BASE_KWARGS', 'KINDS', 'GLYPH_KINDS', 'ALL_KINDS', 'VARIANT', 'IMG_SIZE', 'EPOCHS', 'SEED',
+           'GLYPH_DATA', 'GLYPH_EPOCHS', 'GLYPH_FLAGS', 'CONVERGED_TOP1', 'check_kind', 'stem_kwargs', 'train_argv',
+           'digits_root', 'data_root', 'held_out_top1', 'held_out_images', 'machine', 'make_reference',
+           'reference_metadata', 'demo_model', 'main']
 
 # %% ../nbs/10a_reference_models.ipynb #17c0b373
-WEIGHTS_DIR = Path(inspect.getfile(create_model)).parent / 'weights'   # where the shipped .safetensors files live (package data)
-BASE_KWARGS = dict(embed_dim=128, depth=4, num_heads=4, mlp_ratio=2., token_dim=32)   # the demo preset's backbone
-KINDS = {  # kind: the stem's T2TViT arguments; everything else is shared
+# where the shipped .safetensors files live (package data)
+WEIGHTS_DIR = Path(inspect.getfile(create_model)).parent / 'weights'
+BASE_KWARGS = dict(embed_dim=128, depth=4, num_heads=4, mlp_ratio=2., token_dim=32)   # the backbone
+KINDS = {  # the digits models, kind: the stem's T2TViT arguments; everything else is shared
     't2t': dict(tokens_type='performer', schedule=[[3, 2, 1], [3, 2, 1], [3, 1, 1]]),
     'patch': dict(tokens_type='patch', schedule=[[4, 4, 0]]),
 }
+GLYPH_KINDS = {'glyphs_t2t': 't2t', 'glyphs_patch': 'patch'}   # glyph models: kind -> stem in KINDS
+ALL_KINDS = [*KINDS, *GLYPH_KINDS]
 VARIANT, IMG_SIZE, EPOCHS, SEED = 't2t_vit_7', 32, 20, 0
+GLYPH_DATA = dict(n_train=8192, n_test=2048, seed=0, img_size=IMG_SIZE)   # for glyphs_folder
+GLYPH_EPOCHS = 15
+GLYPH_FLAGS = ['--no-aug', '--warmup-epochs', '2', '--sched-on-updates',
+               '--total-batch-size', '128', '--lr', '1e-3', '--lr-base-batch', '128',
+               '--weight-decay', '0.05', '--drop-path', '0.05', '--model-ema-decay', '0.99',
+               '--smoothing', '0.1', '--workers', '0']
+CONVERGED_TOP1 = 98.   # the convergence rule: training-set top-1 of the shipped weights, in %
 
-def train_argv(kind:str,               # one of KINDS
+def check_kind(kind:str) -> str:
+    "`kind` if it is one of ALL_KINDS, else a ValueError naming them."
+    if kind not in ALL_KINDS:
+        raise ValueError(f'unknown kind {kind!r}; choose one of {", ".join(ALL_KINDS)}')
+    return kind
+
+def stem_kwargs(kind:str) -> dict:
+    "The T2TViT arguments of reference model `kind`: the shared backbone and its stem."
+    return dict(BASE_KWARGS, **KINDS[GLYPH_KINDS.get(check_kind(kind), kind)])
+
+def train_argv(kind:str,               # one of ALL_KINDS
                output,                 # the run folder of t2t-train
-               epochs:int=EPOCHS, seed:int=SEED) -> list:
-    "The `t2t-train` arguments that train reference model `kind` on the embedded digits, on the CPU."
-    if kind not in KINDS: raise ValueError(f'unknown kind {kind!r}; choose one of {", ".join(KINDS)}')
-    kwargs = dict(BASE_KWARGS, **KINDS[kind])
-    return ['--device', 'cpu', '--model', VARIANT, '--img-size', str(IMG_SIZE), '--model-kwargs', json.dumps(kwargs, separators=(',', ':')),
-            '--epochs', str(epochs), '--seed', str(seed), '--output', str(output), '--no-progress']
+               epochs:int=None,        # default: EPOCHS (digits) or GLYPH_EPOCHS
+               seed:int=SEED,
+               data=None) -> list:     # the glyphs folder (glyph kinds only)
+    "The `t2t-train` arguments that train reference model `kind` on the CPU."
+    glyphs = kind in GLYPH_KINDS
+    epochs = epochs or (GLYPH_EPOCHS if glyphs else EPOCHS)
+    kw = json.dumps(stem_kwargs(kind), separators=(',', ':'))
+    extra = ['--data', str(data or '$T2T_DATA/glyphs'), *GLYPH_FLAGS] if glyphs else []
+    return ['--device', 'cpu', '--model', VARIANT, '--img-size', str(IMG_SIZE),
+            '--model-kwargs', kw, '--epochs', str(epochs), '--seed', str(seed),
+            '--output', str(output), '--no-progress', *extra]
 
 # %% ../nbs/10a_reference_models.ipynb #d57e59be
+def _data_home() -> Path:
+    return Path(os.environ.get('T2T_DATA', Path.home() / '.cache' / 't2t_vit_lite'))
+
 def digits_root() -> Path:
-    "The embedded digits folder the trainer uses ($T2T_DATA/digits, default ~/.cache/t2t_vit_lite/digits), written on first use."
-    return digits_folder(Path(os.environ.get('T2T_DATA', Path.home() / '.cache' / 't2t_vit_lite')) / 'digits')
+    "The embedded digits folder the trainer uses ($T2T_DATA/digits, default ~/.cache/t2t_vit_lite)."
+    return digits_folder(_data_home() / 'digits')
+
+def data_root(kind:str='t2t') -> Path:
+    "The folder reference model `kind` is trained and scored on: digits, or glyphs (written once)."
+    if check_kind(kind) not in GLYPH_KINDS: return digits_root()
+    return glyphs_folder(_data_home() / 'glyphs', **GLYPH_DATA)
 
 @torch.no_grad()
-def held_out_top1(model, root=None, batch_size:int=128) -> dict:
-    "Correct predictions of `model` on the held-out digits: dict(correct, n, top1 in %)."
-    _, val = split_dirs(root or digits_root(), need_train=False)
-    ds = SafeImageFolder(val, transform=eval_transform(model.img_size))
+def held_out_top1(model, root=None, batch_size:int=128,
+                  split:str='val') -> dict:   # 'val' (held out) or 'train'
+    "Correct predictions on a folder's held-out images (default: digits): dict(correct, n, top1 %)."
+    train, val = split_dirs(root or digits_root(), need_train=split == 'train')
+    tf = eval_transform(model.img_size)
+    ds = SafeImageFolder(train if split == 'train' else val, transform=tf)
     dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate_skip)
     model.eval(); correct = n = 0
     for x, y, _ in dl:
         correct += int((model(x).argmax(1) == y).sum()); n += len(y)
     return dict(correct=correct, n=n, top1=100 * correct / n)
+
+def held_out_images(kind:str='glyphs_t2t', n:int=None) -> tuple:
+    "`n` held-out images of `kind`'s data (default: all), spread over the classes, model-ready."
+    _, val = split_dirs(data_root(kind), need_train=False)
+    ds = SafeImageFolder(val, transform=eval_transform(IMG_SIZE))
+    idx = range(0, len(ds), max(1, len(ds) // n) if n else 1)[:n]
+    x, y = torch.stack([ds[i][0] for i in idx]), torch.tensor([ds[i][1] for i in idx])
+    return x, y                                                      # (n, 3, H, W), (n,)
 
 # %% ../nbs/10a_reference_models.ipynb #1eea1e39
 def _build(variant:str, img_size:int, kwargs:dict, class_names:list):
@@ -57,46 +104,68 @@ def _build(variant:str, img_size:int, kwargs:dict, class_names:list):
     model.pretrained_cfg = {**model.pretrained_cfg, 'label_names': list(class_names)}
     return model
 
-def make_reference(kind:str,              # one of KINDS
-                   out_dir=None,          # where <kind>.safetensors is written (default: the package's weights folder)
+def machine() -> str:
+    "The CPU, its cores, torch's threads and the load average: what a duration was measured on."
+    info = Path('/proc/cpuinfo')
+    lines = info.read_text().splitlines() if info.exists() else []
+    cpu = next((l.split(':', 1)[1].strip() for l in lines if l.startswith('model name')), '')
+    load = f', load {os.getloadavg()[0]:.1f}' if hasattr(os, 'getloadavg') else ''
+    cpu = cpu or platform.processor() or platform.machine()
+    return f'{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} thread(s){load}'
+
+def make_reference(kind:str,              # one of ALL_KINDS
+                   out_dir=None,          # where <kind>.safetensors goes (default: WEIGHTS_DIR)
                    work=None,             # the training run folder (default: runs/reference/<kind>)
-                   epochs:int=EPOCHS, seed:int=SEED) -> dict:
-    "Train reference model `kind` with t2t-train from scratch and write it as float16 safetensors with its metadata."
+                   epochs:int=None, seed:int=SEED) -> dict:
+    "Train reference model `kind` with t2t-train from scratch; write float16 safetensors."
     from t2t_vit_lite.train import run                # the trainer is only needed here
     out_dir, work = Path(out_dir or WEIGHTS_DIR), Path(work or Path('runs') / 'reference' / kind)
     shutil.rmtree(work, ignore_errors=True)
-    argv, t0 = train_argv(kind, work, epochs, seed), time.perf_counter()
+    root, glyphs, where = data_root(kind), kind in GLYPH_KINDS, machine()
+    argv = train_argv(kind, work, epochs, seed, data=root if glyphs else None)
+    t0 = time.perf_counter()
     run(argv)
+    seconds = time.perf_counter() - t0
     ck = read_checkpoint(work / 'last.pth.tar')
     sd16 = {k: v.detach().half().contiguous() for k, v in ck['state_dict_ema'].items()}
-    kwargs = dict(BASE_KWARGS, **KINDS[kind])
-    model = _build(VARIANT, IMG_SIZE, kwargs, ck['class_names'])
+    model = _build(VARIANT, IMG_SIZE, stem_kwargs(kind), ck['class_names'])
     model.load_state_dict({k: v.float() for k, v in sd16.items()})
-    score = held_out_top1(model)
-    meta = dict(format='t2t_vit_lite', kind=kind, variant=VARIANT, img_size=str(IMG_SIZE), num_classes=str(len(ck['class_names'])),
-                model_kwargs=json.dumps(model_config(model)), class_names=json.dumps(ck['class_names']),
-                command='t2t-train ' + shlex.join(argv), seed=str(seed), epochs=str(epochs), weights='EMA of the last epoch, float16',
-                held_out_correct=str(score['correct']), held_out_n=str(score['n']), held_out_top1=f"{score['top1']:.2f}",
-                train_seconds=f'{time.perf_counter() - t0:.0f}', torch=torch.__version__)
+    score, train = held_out_top1(model, root), held_out_top1(model, root, split='train')
+    command = 't2t-train ' + shlex.join(argv).replace(str(root), '$T2T_DATA/glyphs')
+    args = ', '.join(f'{k}={v}' for k, v in GLYPH_DATA.items())
+    data = (f'glyphs: glyphs_folder($T2T_DATA/glyphs, {args})' if glyphs else
+            'digits: digits_folder($T2T_DATA/digits)')
+    meta = dict(format='t2t_vit_lite', kind=kind, variant=VARIANT, img_size=str(IMG_SIZE),
+                num_classes=str(len(ck['class_names'])),
+                model_kwargs=json.dumps(model_config(model)),
+                class_names=json.dumps(ck['class_names']), data=data, command=command,
+                seed=str(seed),
+                epochs=argv[argv.index('--epochs') + 1], weights='EMA of the last epoch, float16',
+                held_out_correct=str(score['correct']), held_out_n=str(score['n']),
+                held_out_top1=f"{score['top1']:.2f}", train_top1=f"{train['top1']:.2f}",
+                train_n=str(train['n']), converged=str(train['top1'] >= CONVERGED_TOP1),
+                train_seconds=f'{seconds:.0f}', date=time.strftime('%Y-%m-%d', time.gmtime()),
+                machine=where, torch=torch.__version__)
     from safetensors.torch import save_file
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = atomic_write(out_dir / f'{kind}.safetensors', lambda tmp: save_file(sd16, tmp, metadata=meta))
+    write = lambda tmp: save_file(sd16, tmp, metadata=meta)
+    path = atomic_write(out_dir / f'{kind}.safetensors', write)
     os.chmod(path, 0o644)                 # package data: readable by everyone once installed
     return dict(meta, path=str(path))
 
 # %% ../nbs/10a_reference_models.ipynb #1fcbd106
 def reference_metadata(kind:str='t2t') -> dict:
     "The metadata of shipped reference file `kind` (model kwargs and class names decoded)."
-    if kind not in KINDS: raise ValueError(f'unknown kind {kind!r}; choose one of {", ".join(KINDS)}')
-    path = WEIGHTS_DIR / f'{kind}.safetensors'
-    if not path.exists(): raise FileNotFoundError(f'{path} is missing; regenerate the shipped models with `make weights`')
+    path = WEIGHTS_DIR / f'{check_kind(kind)}.safetensors'
+    if not path.exists():
+        raise FileNotFoundError(f'{path} is missing; regenerate the shipped models: make weights')
     meta = dict(read_checkpoint(path)['metadata'], path=str(path))
-    meta['model_kwargs'], meta['class_names'] = json.loads(meta['model_kwargs']), json.loads(meta['class_names'])
+    for key in ('model_kwargs', 'class_names'): meta[key] = json.loads(meta[key])
     return meta
 
-def demo_model(kind:str='t2t', # 't2t' (T2T module, Performer) or 'patch' (ViT's hard split), see KINDS
+def demo_model(kind:str='t2t', # 't2t', 'patch' (digits), 'glyphs_t2t', 'glyphs_patch' (glyphs)
               ):
-    "A small T2T-ViT trained on the embedded digits, in eval mode, with its class names in `pretrained_cfg['label_names']`."
+    "A small trained T2T-ViT (default: digits), in eval mode, class names in `pretrained_cfg`."
     meta = reference_metadata(kind)
     kw = {k: v for k, v in meta['model_kwargs'].items() if k not in ('img_size', 'num_classes')}
     model = _build(meta['variant'], int(meta['img_size']), kw, meta['class_names'])
@@ -106,14 +175,19 @@ def demo_model(kind:str='t2t', # 't2t' (T2T module, Performer) or 'patch' (ViT's
 
 # %% ../nbs/10a_reference_models.ipynb #68635259
 def main(argv=None):
-    "`python -m t2t_vit_lite.reference [KIND ...]`: regenerate the shipped reference files (all kinds by default)."
-    kinds = list(argv if argv is not None else sys.argv[1:]) or list(KINDS)
-    bad = [k for k in kinds if k not in KINDS]
-    if bad: print(f'reference: error: unknown kind {bad[0]!r}; choose from {", ".join(KINDS)}', file=sys.stderr); sys.exit(2)
+    "`python -m t2t_vit_lite.reference [KIND ...]`: regenerate shipped files (default: all kinds)."
+    kinds = list(argv if argv is not None else sys.argv[1:]) or list(ALL_KINDS)
+    bad = [k for k in kinds if k not in ALL_KINDS]
+    if bad:
+        print(f'reference: error: unknown kind {bad[0]!r}; choose from {", ".join(ALL_KINDS)}',
+              file=sys.stderr)
+        sys.exit(2)
     t0 = time.perf_counter()
     for kind in kinds:
         m = make_reference(kind)
-        print(f"{kind}: held-out top-1 {m['held_out_top1']}% ({m['held_out_correct']}/{m['held_out_n']}), "
+        print(f"{kind}: held-out top-1 {m['held_out_top1']}% "
+              f"({m['held_out_correct']}/{m['held_out_n']}), "
+              f"train top-1 {m['train_top1']}% (converged: {m['converged']}), "
               f"trained in {m['train_seconds']} s -> {m['path']}", flush=True)
     print(f'all done in {time.perf_counter() - t0:.0f} s')
 

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 from einops import rearrange
 from .soft_split import split_size
 from .t2t_layer import tokens_to_image
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD   # after the package, which silences tqdm's widget warning   # after the package, which silences tqdm's widget warning   # after the package, which silences tqdm's widget warning
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 # %% auto #0
 __all__ = ['collect_features', 'plot_feature_maps', 'attention_maps', 'cls_attention_grid', 'plot_attention', 'receptive_field',
@@ -22,15 +22,17 @@ __all__ = ['collect_features', 'plot_feature_maps', 'attention_maps', 'cls_atten
 def collect_features(model:nn.Module, # a T2TViT
                      x:torch.Tensor,   # images (B, C, H, W)
                     ) -> dict:
-    "Outputs of the T2T layers, the projection and every block, re-structured as images: name -> (B, C, h, w)."
+    "Outputs of the T2T layers, the projection and every block as images: name -> (B, C, h, w)."
     feats, hooks, t2t = {}, [], model.tokens_to_token
     def keep(name, drop_cls):
-        def hook(mod, inp, out): feats[name] = tokens_to_image(out[:, 1:] if drop_cls else out).detach()
+        def hook(mod, inp, out):
+            feats[name] = tokens_to_image(out[:, 1:] if drop_cls else out).detach()
         return hook
-    named = [(n, getattr(t2t, n), False) for n in ('attention1', 'attention2', 'project') if isinstance(getattr(t2t, n, None), nn.Module)]
+    named = [(n, getattr(t2t, n), False) for n in ('attention1', 'attention2', 'project')
+             if isinstance(getattr(t2t, n, None), nn.Module)]
     named += [(f'blocks.{i}', b, True) for i, b in enumerate(model.blocks)]
     for name, mod, cls in named:
-        if name == 'project' and isinstance(mod, nn.Conv2d): continue    # convolutional stems output images, not tokens
+        if name == 'project' and isinstance(mod, nn.Conv2d): continue   # conv stem: no tokens
         hooks.append(mod.register_forward_hook(keep(name, cls)))
     try:
         with torch.no_grad(): model.eval()(x)
@@ -39,15 +41,18 @@ def collect_features(model:nn.Module, # a T2TViT
     return feats
 
 def plot_feature_maps(fmap:torch.Tensor, # (B, C, h, w) features of one stage
-                      n:int=16, title:str=None, ax=None):
-    "The first `n` channels of the first image of `fmap` as a grid of small images; returns the figure."
+                      n:int=16, title:str=None, ax=None,
+                      fontsize:float=10):        # of the title
+    "The first `n` channels of the first image of `fmap` as a grid of small images, in a figure."
     cols = int(math.ceil(n ** .5)); rows = int(math.ceil(n / cols))
-    grid = rearrange(F.pad(fmap[0, :n], (1, 1, 1, 1), value=float('nan')) if fmap.shape[1] >= n else fmap[0],
-                     '(r c) h w -> (r h) (c w)', r=rows, c=cols) if fmap.shape[1] >= n else fmap[0, 0]
+    if fmap.shape[1] >= n:                       # n channels, a 1-pixel gap around each
+        tiles = F.pad(fmap[0, :n], (1, 1, 1, 1), value=float('nan'))
+        grid = rearrange(tiles, '(r c) h w -> (r h) (c w)', r=rows, c=cols)
+    else: grid = fmap[0, 0]
     fig = ax.figure if ax is not None else plt.figure(figsize=(3, 3))
     ax = ax or fig.add_subplot()
     ax.imshow(grid.numpy(), cmap='viridis'); ax.axis('off')
-    ax.set_title(title or f'{n} channels of {tuple(fmap.shape)}', fontsize=8)
+    ax.set_title(title or f'{n} channels of {tuple(fmap.shape)}', fontsize=fontsize)
     return fig
 
 # %% ../nbs/11_visualize.ipynb #7a521c55
@@ -65,25 +70,28 @@ def cls_attention_grid(attn:torch.Tensor) -> torch.Tensor:
     a = attn[:, :, 0, 1:].mean(1)                                            # (B, L)
     return rearrange(a, 'b (h w) -> b h w', h=math.isqrt(a.shape[1]))
 
-def plot_attention(img:torch.Tensor, grid:torch.Tensor, ax=None, title:str=None):
-    "The image with an attention grid (h, w) laid over it, upsampled bilinearly; returns the figure."
+def plot_attention(img:torch.Tensor, grid:torch.Tensor, ax=None, title:str=None,
+                   fontsize:float=10):      # of the title
+    "The image with an attention grid (h, w) laid over it, upsampled bilinearly, in a figure."
     fig = ax.figure if ax is not None else plt.figure(figsize=(3.2, 3.2))
     ax = ax or fig.add_subplot()
     H = img.shape[-1]
     up = F.interpolate(grid[None, None], size=(H, H), mode='bilinear', align_corners=False)[0, 0]
-    ax.imshow(rearrange(img[0], 'c h w -> h w c').numpy()); ax.imshow(up.numpy(), cmap='inferno', alpha=.55); ax.axis('off')
-    ax.set_title(title or f'class-token attention {tuple(grid.shape)}', fontsize=8)
+    ax.imshow(rearrange(img[0], 'c h w -> h w c').numpy())
+    ax.imshow(up.numpy(), cmap='inferno', alpha=.55); ax.axis('off')
+    ax.set_title(title or f'class-token attention {tuple(grid.shape)}', fontsize=fontsize)
     return fig
 
 # %% ../nbs/11_visualize.ipynb #a5ee9179
 def receptive_field(schedule, index:int=0) -> tuple:
-    "(first, last) pixel (inclusive, may fall in the padding) seen through the splits by final token `index` along one axis."
+    "(first, last) pixel (inclusive; may be padding) that final token `index` sees along one axis."
     lo, hi = index, index
     for k, s, p in reversed(list(schedule)): lo, hi = lo * s - p, hi * s - p + k - 1
     return lo, hi
 
-def plot_token_grid(img:torch.Tensor, schedule, token:tuple=(6, 7), ax=None):
-    "The final token grid of `schedule` on the image, with one token's cell and its soft-split receptive field."
+def plot_token_grid(img:torch.Tensor, schedule, token:tuple=(6, 7), ax=None,
+                    fontsize:float=10):     # of the title and the legend
+    "The final token grid of `schedule` on the image, one token's cell and its receptive field."
     import matplotlib.patches as mpatches
     H = img.shape[-1]; side = H
     for k, s, p in schedule: side = split_size(side, k, s, p)
@@ -91,27 +99,35 @@ def plot_token_grid(img:torch.Tensor, schedule, token:tuple=(6, 7), ax=None):
     fig = ax.figure if ax is not None else plt.figure(figsize=(3.4, 3.4))
     ax = ax or fig.add_subplot()
     ax.imshow(rearrange(img[0], 'c h w -> h w c').numpy())
-    for v in range(side + 1): ax.axhline(v * step - .5, color='w', lw=.4); ax.axvline(v * step - .5, color='w', lw=.4)
+    for v in range(side + 1):
+        ax.axhline(v * step - .5, color='w', lw=.4); ax.axvline(v * step - .5, color='w', lw=.4)
     (r0, r1), (c0, c1) = receptive_field(schedule, token[0]), receptive_field(schedule, token[1])
-    ax.add_patch(mpatches.Rectangle((c0 - .5, r0 - .5), c1 - c0 + 1, r1 - r0 + 1, fill=False, ec='yellow', lw=2, label=f'receptive field {r1 - r0 + 1} px'))
-    ax.add_patch(mpatches.Rectangle((token[1] * step - .5, token[0] * step - .5), step, step, fill=True, alpha=.5, fc='red', label='its grid cell'))
-    ax.legend(loc='lower left', fontsize=7); ax.axis('off'); ax.set_title(f'{side} x {side} tokens, token {token}', fontsize=8)
+    ax.add_patch(mpatches.Rectangle((c0 - .5, r0 - .5), c1 - c0 + 1, r1 - r0 + 1, fill=False,
+                                    ec='yellow', lw=2, label=f'receptive field {r1 - r0 + 1} px'))
+    cell = (token[1] * step - .5, token[0] * step - .5)
+    ax.add_patch(mpatches.Rectangle(cell, step, step, fill=True, alpha=.5, fc='red',
+                                    label='its grid cell'))
+    # the legend below the image, not over it
+    ax.legend(loc='upper center', bbox_to_anchor=(.5, 0), fontsize=fontsize, frameon=False)
+    ax.axis('off'); ax.set_title(f'{side} x {side} tokens, token {token}', fontsize=fontsize)
     return fig
 
 # %% ../nbs/11_visualize.ipynb #a91b2c52
 def ink_mask(x:torch.Tensor,  # normalised images (B, C, H, W)
-             mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, threshold:float=0.5) -> torch.Tensor:
-    "(B, H, W) float mask of the pixels brighter than `threshold` (0..1) once the normalisation is undone."
-    pix = x * torch.tensor(std, dtype=x.dtype)[:, None, None] + torch.tensor(mean, dtype=x.dtype)[:, None, None]
+             mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+             threshold:float=0.5) -> torch.Tensor:
+    "(B, H, W) float mask of the pixels brighter than `threshold` (0..1), normalisation undone."
+    std, mean = (torch.tensor(v, dtype=x.dtype)[:, None, None] for v in (std, mean))
+    pix = x * std + mean
     return (pix.mean(1) > threshold).float()
 
 def token_energy(fmap:torch.Tensor) -> torch.Tensor:
-    "(B, h, w): squared distance of each position's feature vector (B, C, h, w) from the image's mean feature vector."
+    "(B, h, w): squared distance of each position's features (B, C, h, w) from the image's mean."
     return (fmap - fmap.mean((2, 3), keepdim=True)).pow(2).sum(1)
 
 def mass_share(m:torch.Tensor,     # non-negative maps (B, h, w)
                mask:torch.Tensor,  # (B, H, W) 0/1
               ) -> torch.Tensor:
-    "(B,): the share of each map's mass, upsampled bilinearly to the mask's size, that lies on the mask."
+    "(B,): the share of each map's mass, upsampled bilinearly to the mask, that lies on the mask."
     up = F.interpolate(m[:, None], size=mask.shape[-2:], mode='bilinear', align_corners=False)[:, 0]
     return (up * mask).sum((1, 2)) / up.sum((1, 2))
