@@ -169,9 +169,11 @@ def read_rows(csv_path) -> list:
     with open(csv_path, newline='') as f:
         return [{k: _TYPES.get(k, str)(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
+_DEFAULTS = dict(device='cpu', scale=1)
+
 def run_key(spec:dict) -> tuple:
     "The identity of a run: a finished run with this key is never trained again."
-    return tuple(str(spec[k]) for k in KEY)
+    return tuple(str(spec.get(k, _DEFAULTS.get(k))) for k in KEY)
 
 def _labels_path(csv_path): return Path(csv_path).with_name(Path(csv_path).stem + '_labels.json')
 
@@ -190,7 +192,7 @@ def run_sweep(csv_path, specs:list, jobs:int=1, progress:bool=True) -> list:
     "Train every spec whose key is not yet in `csv_path`, appending each row as it ends; all rows."
     csv_path = Path(csv_path); csv_path.parent.mkdir(parents=True, exist_ok=True)
     done = {run_key(r) for r in read_rows(csv_path)}
-    todo = [s for s in specs if run_key({**RECIPE, 'device': 'cpu', 'scale': 1, **s}) not in done]
+    todo = [s for s in specs if run_key({**RECIPE, **s}) not in done]
     if not csv_path.exists(): csv_path.write_text(','.join(FIELDS) + '\n')
     lp = _labels_path(csv_path)
     labels = json.loads(lp.read_text()) if lp.exists() else {}
@@ -264,7 +266,7 @@ def verdict_table(rows:list, labels:dict, pairs=PAIRS, digit_pairs=(DIGIT_ARMS,)
             [pair_stats(rows, labels, a, b, n, 'digits') for a, b in digit_pairs
              for n in sizes('digits')])
 
-def plot_verdicts(table:list, ax=None, equiv:float=1.0):
+def plot_verdicts(table:list, ax=None, equiv:float=1.0, xlim:float=60.):
     "Mean paired difference a - b with its 95% t-interval, per pair and size; returns the figure."
     import matplotlib.pyplot as plt
     table = [t for t in table if 'mean' in t]
@@ -282,8 +284,9 @@ def plot_verdicts(table:list, ax=None, equiv:float=1.0):
     ax.set_yticks(range(len(pairs)), [f'{a} − {b}' + (' (digits)' if d == 'digits' else '')
                                       for d, a, b in pairs], fontsize=9)
     ax.invert_yaxis(); ax.grid(axis='x', alpha=.3); ax.tick_params(labelsize=9)
+    ax.set_xlim(-xlim, xlim)   # an interval from 2 seeds can be far wider: it runs off the axis
     ax.set_xlabel('held-out top-1 of a minus b (points), mean and 95% t-interval', fontsize=9)
-    ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.22), ncol=3, fontsize=9, frameon=False)
+    ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=9, frameon=False)
     return ax.figure
 
 # %% ../nbs/12_experiments.ipynb #e8ae031e
