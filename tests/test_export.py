@@ -60,7 +60,8 @@ def test_console_scripts_export_and_bench_read_the_checkpoint_and_refuse_in_one_
     assert torch.export.load(str(tmp_path / 'seven.pt2')).module()(torch.randn(2, 3, 64, 64)).shape == (2, 10)
     torch.save({'state_dict': T.create_model('t2t_vit_7').state_dict()}, tmp_path / 'plain.pth')   # names no model
     for args, msg in [(('--checkpoint', tmp_path / 'plain.pth', '--format', 'pt2'), '--model is needed'),
-                      (('--model', 't2t_vit_14', '--checkpoint', ck, '--format', 'pt2'), 'does not fit the model t2t_vit_14')]:
+                      (('--model', 't2t_vit_14', '--checkpoint', ck, '--format', 'pt2', '--output', tmp_path / 'other.pt2'),
+                       'does not fit the model t2t_vit_14')]:
         r = cli(script('t2t-export'), *args)
         assert r.returncode == 2 and r.stderr.startswith('t2t-export: error:') and msg in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
