@@ -351,7 +351,7 @@ def main(argv=None):
     else:   # the verdicts' figure, as chapter 12 draws it
         fig = plot_verdicts(verdict_table(mine, read_labels(out / f'{name}.csv')))
         fig.tight_layout(); fig.savefig(out / f'{name}.png', dpi=100)
-    print(f'{len(mine)} of {len(specs)} runs in {out / (name + ".csv")}; '
+    print(f'{len(mine)} of {len(specs)} runs in {name}.csv; '
           f'{info["wall_seconds_last_call"]} s')
 
 if __name__ == '__main__' and not hasattr(sys, 'ps1') and 'ipykernel' not in sys.modules: main()

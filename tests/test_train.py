@@ -110,7 +110,9 @@ def test_bad_data_folder_is_refused_before_work(tmp_path, layout, message):
 
 
 def test_batch_not_divisible_by_world_size_is_refused(data, tmp_path):
-    r = run(train_cmd(data, tmp_path / 'out', '--total-batch-size', 7, torchrun=['--nproc_per_node=2', '--master_port=29575']))
+    cmd = train_cmd(data, tmp_path / 'out', '--total-batch-size', 7, torchrun=['--nproc_per_node=2', '--master_port=29575'])
+    r = run(cmd)
+    if 'connectFullMesh failed' in r.stderr: r = run(cmd)   # gloo's rendezvous lost a race (seen once in CI): once more
     assert r.returncode != 0 and '--total-batch-size 7 does not divide by 2 process(es)' in r.stdout + r.stderr
 
 
