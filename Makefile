@@ -43,19 +43,22 @@ sync-check: setup
 # nbdev's skip rules for `#| eval: false` and the tst_flags of settings.ini), and a cell that raises fails it.
 # The executed chapters fill the book's execution cache, so `book` renders them without running them again.
 NB_CACHE := _build/.jupyter_cache
+# One torch thread per kernel: two kernels of two threads each on 2 cores made every chapter wait on the other's
+# threads (all 21 chapters: 737 s in the last CI, 302 s with one thread each on an idle machine).
 nbtest: setup
 	rm -rf $(NB_CACHE)
-	$(BIN)/python tests/execute_chapters.py --workers 2 --cache $(NB_CACHE)
+	OMP_NUM_THREADS=1 $(BIN)/python tests/execute_chapters.py --workers 2 --cache $(NB_CACHE)
 
 # _config.yml: a chapter that raises fails the build, with or without -W
 book: nbtest
 	$(BIN)/jupyter-book build -W --keep-going .
 
 # two pytest workers (pytest-xdist): the training tests' processes run one thread each and wait on each other often,
-# so two at a time halve the time on 2 cores (10.7 -> 5.6 minutes); every torchrun test has its own port
+# so two at a time halve the time on 2 cores (10.7 -> 5.6 minutes), with one torch thread each; every torchrun
+# test has its own port
 PYTEST_WORKERS ?= 2
 pytest: setup
-	$(BIN)/python -m pytest tests/ -q -m 'not slow' --ignore=tests/timm_suite --durations=15 -n $(PYTEST_WORKERS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests/ -q -m 'not slow' --ignore=tests/timm_suite --durations=15 -n $(PYTEST_WORKERS)
 
 # timm's own tests/test_models.py (downloaded for the installed timm version, not committed) on all 13 variants:
 # 130 tests (10 per variant, with the prune contract timm's own CI leaves out), about 5 minutes on 2 cores
