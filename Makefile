@@ -83,7 +83,7 @@ constraints: setup
 train: setup
 	$(BIN)/t2t-train --device cpu --output runs/demo --resume auto
 
-# the GPU results table of chapter 13 (needs a CUDA GPU; about 15 minutes on an H100): every run is appended to $(GPU_JSON)
+# the GPU results table of chapter 11 (needs a CUDA GPU; about 15 minutes on an H100): every run is appended to $(GPU_JSON)
 GPU_JSON ?= t2t_vit_lite/results/gpu.json
 T2T_BENCH ?= $(BIN)/t2t-bench
 GPU_MODELS := timm:deit_small_patch16_224 t2t_vit_t_14 t2t_vit_14 t2t_vit_7
@@ -102,17 +102,17 @@ bench-gpu-infer:
 	$(T2T_BENCH) --pipeline --save $(GPU_JSON)
 bench-gpu: bench-gpu-train bench-gpu-infer
 
-# the trained reference models shipped in t2t_vit_lite/weights/ (chapter 10a), regenerated from scratch on the CPU:
+# the trained reference models shipped in t2t_vit_lite/weights/ (chapter 08), regenerated from scratch on the CPU:
 # t2t and patch on the digits, glyphs_t2t and glyphs_patch on the glyphs (one thread each; `python -m
 # t2t_vit_lite.reference KIND` remakes one kind)
 weights: setup
 	OMP_NUM_THREADS=1 nice -n 19 $(BIN)/python -m t2t_vit_lite.reference
 
-# the glyph atlas of chapter 10b (t2t_vit_lite/assets/), rendered from Debian font packages; it names the missing ones
+# the glyph atlas of chapter 07 (t2t_vit_lite/assets/), rendered from Debian font packages; it names the missing ones
 glyph-atlas: setup
 	$(BIN)/python -c 'from t2t_vit_lite.glyphs import build_atlas; print(build_atlas())'
 
-# chapter 12's paired ablation sweep on the CPU, two processes of one thread (resumable: finished runs are kept):
+# chapter 10's paired ablation sweep on the CPU, two processes of one thread (resumable: finished runs are kept):
 # t2t_vit_lite/results/ablations.{csv,json} and ablations_labels.json; `... --pilot` redoes the pilot
 experiments: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m t2t_vit_lite.experiments --jobs 2

@@ -15,12 +15,16 @@ def figure_cells(nb):
             and re.search(r'plt\.(subplots|imshow)|^\s*(\w+\s*=\s*)?(show|plot|draw)_\w+\(', ''.join(c['source']), re.M)]
 
 
+PRACTICE_WITHOUT_FIGURES = {'13_runtime', '20_sharing'}   # practice chapters whose lesson is a contract, not a picture
+
+
 @pytest.mark.parametrize('nb', sorted((ROOT / 'nbs').glob('[0-9][0-9]_*.ipynb')), ids=lambda p: p.stem)
 def test_chapter_page_shows_its_figures(nb):
     page = HTML / 'nbs' / f'{nb.stem}.html'
     assert page.exists(), f'{page} was not rendered'
     images = re.findall(r'<img[^>]+src="\.\./_images/([^"]+\.png)"', page.read_text())
-    assert len(images) >= len(figure_cells(nb)) >= 1, f'{nb.stem}: {len(images)} images for {len(figure_cells(nb))} figure cells'
+    least = 0 if nb.stem in PRACTICE_WITHOUT_FIGURES else 1   # every chapter of the model and the evidence draws
+    assert len(images) >= len(figure_cells(nb)) >= least, f'{nb.stem}: {len(images)} images for {len(figure_cells(nb))} figure cells'
     for img in images:
         f = HTML / '_images' / img
         assert f.exists() and f.stat().st_size > 1000, f'{img} is missing or empty'

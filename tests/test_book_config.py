@@ -1,6 +1,6 @@
 """The book's execution: each chapter runs once (tests/execute_chapters.py fills the book's cache), and a chapter
 that raises fails the book build whatever the flags (_config.yml)."""
-import pathlib, shutil, subprocess, sys
+import json, pathlib, shutil, subprocess, sys
 import nbformat
 import pytest
 
@@ -54,3 +54,17 @@ def test_a_raising_chapter_fails_the_book_build_without_W(tmp_path):
     r = subprocess.run([jb, 'build', str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert r.returncode != 0, r.stdout[-2000:]
     assert 'Executing notebook failed' in r.stdout + r.stderr
+
+
+def test_toc_has_three_parts_and_chapter_numbers_follow_the_reading_order():
+    "The model, the evidence, practice; chapter files numbered 01, 02, ... in the order the book shows them."
+    import yaml
+    toc = yaml.safe_load((ROOT / '_toc.yml').read_text())
+    assert [p['caption'] for p in toc['parts']] == ['The model', 'The evidence', 'Practice']
+    files = [c['file'] for p in toc['parts'] for c in p['chapters']]
+    numbers = [f.split('/')[-1].split('_')[0] for f in files]
+    assert numbers == [f'{i:02d}' for i in range(1, len(files) + 1)], numbers
+    titles = [json.load(open(ROOT / f'{f}.ipynb'))['cells'] for f in files]
+    for f, n, cells in zip(files, numbers, titles):
+        first = next(''.join(c['source']) for c in cells if c['cell_type'] == 'markdown')
+        assert first.startswith(f'# {n} '), f'{f}: its title does not start with "# {n} "'

@@ -1,4 +1,4 @@
-"""Chapter 12's sweep: the CLI (resumable, two processes), the committed pilot and sweep, the verdicts."""
+"""Chapter 10's sweep: the CLI (resumable, two processes), the committed pilot and sweep, the verdicts."""
 import json, subprocess, sys
 import pytest
 import torch

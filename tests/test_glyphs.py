@@ -1,4 +1,4 @@
-"""The glyph data set (chapter 10b): the atlas rebuilds byte for byte where the fonts are installed, the wheel ships
+"""The glyph data set (chapter 07): the atlas rebuilds byte for byte where the fonts are installed, the wheel ships
 it, and generation does not depend on the number of threads."""
 import hashlib, pathlib, shutil, subprocess, sys, zipfile
 import pytest

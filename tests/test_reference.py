@@ -1,4 +1,4 @@
-"""The shipped reference models (chapter 10a): each file's held-out top-1 recomputed from its float16 weights equals
+"""The shipped reference models (chapter 08): each file's held-out top-1 recomputed from its float16 weights equals
 its metadata exactly (the glyph models on the regenerated glyph folder); the glyph models converged by the stated
 rule; the wheel ships them; a regeneration (slow) reproduces the top-1 within one point."""
 import json, shutil, subprocess, sys, zipfile, pathlib
