@@ -68,3 +68,16 @@ def test_toc_has_three_parts_and_chapter_numbers_follow_the_reading_order():
     for f, n, cells in zip(files, numbers, titles):
         first = next(''.join(c['source']) for c in cells if c['cell_type'] == 'markdown')
         assert first.startswith(f'# {n} '), f'{f}: its title does not start with "# {n} "'
+
+
+def test_figure_text_is_at_least_9_points():
+    "No chapter or plotting module asks for text below 9 pt (figures are shown at their size: test_browser.py)."
+    import re
+    small = []
+    files = sorted((ROOT / 'nbs').glob('*.ipynb')) + sorted((ROOT / 't2t_vit_lite').glob('*.py'))
+    for f in files:
+        text = (''.join(''.join(c['source']) for c in json.load(open(f))['cells'] if c['cell_type'] == 'code')
+                if f.suffix == '.ipynb' else f.read_text())
+        small += [(f.name, m.group(0)) for m in re.finditer(
+            r"\b(fontsize|labelsize|titlesize)\s*=\s*([0-8](\.\d+)?\b|'(xx-small|x-small|small)')", text)]
+    assert small == [], f'text below 9 pt: {small}'

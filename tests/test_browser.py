@@ -10,6 +10,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 HTML, SHOTS = ROOT / '_build' / 'html', ROOT / '_build' / 'screenshots'
 HOW = 'install with `apt-get install chromium chromium-driver` and `pip install selenium`'
 BAD_OUTPUT = ('Warning', 'Traceback', '/tmp/')
+MIN_SCALE = 0.95   # shown width / natural width of a figure, at the 1280-px window below
 
 
 def _missing():
@@ -76,6 +77,12 @@ def test_page_reads_clean_in_chromium(page, server, browser):
     internal = {l.split('#')[0] for l in links if l.startswith(server)}
     dead = sorted(l for l in internal if _status(l) != 200)
     assert dead == [], f'{page}: links to missing pages: {dead}'
+    # a figure shown far below its natural size has unreadable text: every output image is drawn at least at
+    # MIN_SCALE of its pixels at 1280 px (figures are drawn at 100 dpi, so 9-pt labels stay 9 pt or more)
+    shrunk = browser.execute_script(
+        "return Array.from(document.querySelectorAll('.cell_output img, .output img')).filter(i => i.naturalWidth > 0"
+        " && i.clientWidth / i.naturalWidth < arguments[0]).map(i => [i.src.split('/').pop(), i.naturalWidth, i.clientWidth])", MIN_SCALE)
+    assert shrunk == [], f'{page}: figures shrunk below {MIN_SCALE:.0%} of their size (file, natural px, shown px): {shrunk}'
     # uncaught exceptions and the book's own files that fail to load (the favicon, which the book has none of, and the web aside)
     errors = [e['message'] for e in browser.get_log('browser') if e['level'] == 'SEVERE' and ('Uncaught' in e['message'] or 'Failed to load' in e['message'])
               and not re.search(r'https?://(?!127\.0\.0\.1)|favicon\.ico', e['message'])]
