@@ -297,7 +297,8 @@ def plot_verdicts(table:list, ax=None, equiv:float=1.0, xlim:float=60.):
     ax.invert_yaxis(); ax.grid(axis='x', alpha=.3); ax.tick_params(labelsize=9)
     ax.set_xlim(-xlim, xlim)   # an interval from 2 seeds can be far wider: it runs off the axis
     ax.set_xlabel('held-out top-1 of a minus b (points), mean and 95% t-interval', fontsize=9)
-    ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=9, frameon=False)
+    if table:   # below the axis, never over the intervals
+        ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=9, frameon=False)
     return ax.figure
 
 # %% ../nbs/10_experiments.ipynb #e8ae031e
