@@ -41,8 +41,8 @@ def is_skipped(source: str, flags: set) -> bool:
     return False
 
 
-def execute(path: str, timeout: int, flags: set):
-    "Run one notebook; return (path, seconds, executed notebook or None, error text)."
+def execute(path: str, timeout: int, flags: set, kernel: str = 'python3'):
+    "Run one notebook in `kernel`; return (path, seconds, executed notebook or None, error text)."
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
     path = pathlib.Path(path)
@@ -52,7 +52,7 @@ def execute(path: str, timeout: int, flags: set):
     for i in skipped: run.cells[i].source = ''                  # run as an empty cell, restored below
     t0 = time.time()
     try:
-        NotebookClient(run, timeout=timeout, kernel_name='python3', record_timing=False,
+        NotebookClient(run, timeout=timeout, kernel_name=kernel, record_timing=False,
                        resources={'metadata': {'path': str(path.parent)}}).execute()
     except CellExecutionError as e:
         return str(path), time.time() - t0, None, str(e)
