@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PYTHONWARNINGS := ignore::DeprecationWarning
 
-.PHONY: setup test test-latest constraints book readme sync-check nbtest pytest timm-suite train weights experiments glyph-atlas clean bench-gpu bench-gpu-train bench-gpu-infer
+.PHONY: setup lint test test-latest constraints book readme sync-check nbtest pytest timm-suite train weights experiments glyph-atlas clean bench-gpu bench-gpu-train bench-gpu-infer
 .DEFAULT_GOAL := test
 
 # the virtual environment, created if missing and refreshed when the requirements change. It installs from
@@ -66,7 +66,11 @@ pytest: setup
 timm-suite: setup
 	PYTHON=$(BIN)/python tests/timm_suite/run.sh -k t2t_vit
 
-test: sync-check book pytest timm-suite
+# the code a reader sees within the width the book shows (100 characters), and code that parses (ruff.toml)
+lint: setup
+	$(BIN)/ruff check --output-format concise .
+
+test: sync-check lint book pytest timm-suite
 
 # the same tests against the newest releases the registry serves (a venv of its own, no constraints; this
 # machine's pip configuration, which may cap torch, is ignored). After a green run, `make constraints

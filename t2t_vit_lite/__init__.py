@@ -7,10 +7,13 @@ __version__ = "0.1.0"
 __all__ = []
 
 # %% ../nbs/index.ipynb #854d5ecc
-# The package's public API (hidden in the book and the README): importing t2t_vit_lite registers the models in timm.
+# The package's public API (hidden in the book and the README): importing t2t_vit_lite registers
+# the models in timm.
 import warnings as _warnings
 from tqdm import TqdmWarning as _TqdmWarning
-with _warnings.catch_warnings():   # timm's hub code imports tqdm.auto, which warns once in a kernel without ipywidgets (text bars are fine)
+# timm's hub code imports tqdm.auto, which warns once in a kernel without ipywidgets (text bars
+# are fine)
+with _warnings.catch_warnings():
     _warnings.simplefilter('ignore', _TqdmWarning)
     import tqdm.auto
 from .models import create_model, list_models, VARIANTS

@@ -9,7 +9,8 @@ from contextlib import nullcontext
 from typing import List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
-from timm.layers import Mlp, DropPath, trunc_normal_, resample_abs_pos_embed, register_notrace_function
+from timm.layers import (Mlp, DropPath, trunc_normal_, resample_abs_pos_embed,
+                         register_notrace_function)
 from timm.models import checkpoint, checkpoint_seq
 from timm.models._features import feature_take_indices
 from torch.nn.attention import sdpa_kernel, SDPBackend
@@ -32,7 +33,8 @@ class Block(nn.Module):
                  drop_path:float=0.):         # stochastic depth rate of this block
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-5)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=proj_drop)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
+                              attn_drop=attn_drop, proj_drop=proj_drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-5)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
@@ -48,22 +50,26 @@ def get_sinusoid_encoding(n_position:int, # rows: number of tokens, class token 
     "The fixed sinusoid position table, (1, n_position, d_hid) float32."
     pos = torch.arange(n_position, dtype=torch.float64)[:, None]
     j = torch.arange(d_hid, dtype=torch.float64)
-    angle = pos / torch.pow(10000., 2 * torch.div(j, 2, rounding_mode='floor') / d_hid)   # (n, D), float64
+    # (n, D), float64
+    angle = pos / torch.pow(10000., 2 * torch.div(j, 2, rounding_mode='floor') / d_hid)
     table = torch.where(j % 2 == 0, torch.sin(angle), torch.cos(angle))
     return table.float()[None]   # (1, n, D)
 
 # %% ../nbs/05_backbone.ipynb #d2c8e1f0
 def is_tracing() -> bool:
-    "True while torch.jit, torch.compile/torch.export or torch.fx records the forward pass (input checks are skipped)."
+    ("True while torch.jit, torch.compile/torch.export or torch.fx records the forward pass "
+     "(input checks are skipped).")
     return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
             or torch.fx._symbolic_trace.is_fx_symbolic_tracing())
 
 # %% ../nbs/05_backbone.ipynb #7c0a11d2
 class TimmControls:
-    "timm's model controls that `T2TViT` inherits: checkpointing, parameter groups, intermediate features."
+    ("timm's model controls that `T2TViT` inherits: checkpointing, parameter groups, "
+     "intermediate features.")
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable:bool=True):
-        "Recompute each T2T layer and every block during backward instead of storing their activations."
+        ("Recompute each T2T layer and every block during backward instead of storing their "
+         "activations.")
         self.grad_checkpointing = self.tokens_to_token.grad_checkpointing = enable
 
     @torch.jit.ignore
@@ -77,30 +83,38 @@ class TimmControls:
         "Parameters kept out of weight decay."
         return {'cls_token'}
 
-    def forward_intermediates(self, x:torch.Tensor,
-                              indices:Optional[Union[int, List[int]]]=None, # last n blocks (int) or block indices; None: all
-                              return_prefix_tokens:bool=False,  # pair each map with its class token (B, 1, D)
-                              norm:bool=False,                  # apply the final norm to the intermediates too
-                              stop_early:bool=False,            # skip the blocks after the last index
-                              output_fmt:str='NCHW',            # 'NCHW': (B, D, h, w) maps; 'NLC': (B, h*w, D) tokens
-                              intermediates_only:bool=False):   # return only the list
-        "timm's ViT API: (final normed tokens (B, 1+h*w, D), [block outputs]) for the blocks in `indices`."
-        if output_fmt not in ('NCHW', 'NLC'): raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+    def forward_intermediates(
+        self, x:torch.Tensor,
+        indices:Optional[Union[int, List[int]]]=None, # last n blocks (int) or indices; None: all
+        return_prefix_tokens:bool=False,  # pair each map with its class token (B, 1, D)
+        norm:bool=False,                  # apply the final norm to the intermediates too
+        stop_early:bool=False,            # skip the blocks after the last index
+        output_fmt:str='NCHW',            # 'NCHW': (B, D, h, w) maps; 'NLC': (B, h*w, D) tokens
+        intermediates_only:bool=False):   # return only the list
+        ("timm's ViT API: (final normed tokens (B, 1+h*w, D), [block outputs]) for the blocks "
+         "in `indices`.")
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        x, h, w = self._embed(x)                                               # (B, 1+h*w, D)
-        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
+        x, h, w = self._embed(x)                                 # (B, 1+h*w, D)
+        blocks = (self.blocks if torch.jit.is_scripting() or not stop_early
+                  else self.blocks[:max_index + 1])
         intermediates = []
         for i, blk in enumerate(blocks):
-            x = checkpoint(blk, x, use_reentrant=False) if self.grad_checkpointing and not torch.jit.is_scripting() else blk(x)
+            x = (checkpoint(blk, x, use_reentrant=False)
+                 if self.grad_checkpointing and not torch.jit.is_scripting() else blk(x))
             if i in take_indices: intermediates.append(self.norm(x) if norm else x)
-        prefix = [y[:, :1] for y in intermediates]                              # class tokens (B, 1, D)
-        intermediates = [y[:, 1:] for y in intermediates]                       # (B, h*w, D)
-        if output_fmt == 'NCHW': intermediates = [tokens_to_image(y, h, w).contiguous() for y in intermediates]  # (B, D, h, w)
+        prefix = [y[:, :1] for y in intermediates]               # class tokens (B, 1, D)
+        intermediates = [y[:, 1:] for y in intermediates]        # (B, h*w, D)
+        if output_fmt == 'NCHW':                                 # (B, D, h, w)
+            intermediates = [tokens_to_image(y, h, w).contiguous() for y in intermediates]
         if return_prefix_tokens: intermediates = list(zip(intermediates, prefix))
         return intermediates if intermediates_only else (self.norm(x), intermediates)
 
-    def prune_intermediate_layers(self, indices:Union[int, List[int]]=1, prune_norm:bool=False, prune_head:bool=True) -> List[int]:
-        "Drop the blocks after the last of `indices` (and the final norm / the head): what a feature extractor never runs."
+    def prune_intermediate_layers(self, indices:Union[int, List[int]]=1, prune_norm:bool=False,
+                                  prune_head:bool=True) -> List[int]:
+        ("Drop the blocks after the last of `indices` (and the final norm / the head): "
+         "what a feature extractor never runs.")
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         self.blocks = self.blocks[:max_index + 1]
         if prune_norm: self.norm = nn.Identity()
@@ -109,47 +123,59 @@ class TimmControls:
 
 # %% ../nbs/05_backbone.ipynb #7c0a11d8
 @register_notrace_function
-def resample_pos_table(pos_embed:torch.Tensor, # (1, 1 + grid*grid, D): class token row, then the grid
+def resample_pos_table(pos_embed:torch.Tensor, # (1, 1+grid*grid, D): class token row, then the grid
                        h:int, w:int,            # the token grid at hand
                        grid:int,                # the side the table was built for
                       ) -> torch.Tensor:
-    "The position table for an h x w grid: as stored when it fits, else resampled bicubically like the checkpoint loader."
+    ("The position table for an h x w grid: as stored when it fits, else resampled bicubically "
+     "like the checkpoint loader.")
     if h == grid and w == grid: return pos_embed
-    return resample_abs_pos_embed(pos_embed, [h, w], [grid, grid], num_prefix_tokens=1, interpolation='bicubic', antialias=False)
+    return resample_abs_pos_embed(pos_embed, [h, w], [grid, grid], num_prefix_tokens=1,
+                                  interpolation='bicubic', antialias=False)
 
 # %% ../nbs/05_backbone.ipynb #ae45dcc1
 class T2TViT(TimmControls, nn.Module):
-    "Tokens-to-Token ViT: T2T module, class token, sinusoid positions, deep-narrow ViT blocks, linear head."
+    ("Tokens-to-Token ViT: T2T module, class token, sinusoid positions, deep-narrow ViT blocks, "
+     "linear head.")
     def __init__(self, img_size:int=224, tokens_type:str='performer', in_chans:int=3,
                  num_classes:int=1000,       # 0 gives a feature extractor (head = Identity)
                  embed_dim:int=768, depth:int=12, num_heads:int=12, mlp_ratio:float=4.,
                  qkv_bias:bool=False, qk_scale:float=None,
                  drop_rate:float=0., attn_drop_rate:float=0.,
-                 drop_path_rate:float=0.,    # stochastic depth, linear from 0 to this over the blocks
+                 drop_path_rate:float=0.,    # stochastic depth, linear from 0 to this over blocks
                  token_dim:int=64,           # width inside the T2T module
-                 schedule:tuple=None,        # soft-split schedule of the T2T module (None: the paper's)
+                 schedule:tuple=None,        # soft-split schedule of the T2T module (None: paper's)
                  kernel_ratio:float=0.5,     # Performer features / token_dim
-                 dynamic_img_size:bool=True, # other input sizes: position table resampled; False: refused
+                 dynamic_img_size:bool=True, # other sizes: position table resampled; False: refused
                  global_pool:str='token',    # the class token feeds the head (the only choice)
-                 device=None, dtype=None):   # where and in which dtype to create the weights (timm's factory)
+                 device=None, dtype=None):   # device and dtype of the new weights (timm's factory)
         super().__init__()
-        if embed_dim % num_heads: raise ValueError(f'embed_dim={embed_dim} must be divisible by num_heads={num_heads}')
+        if embed_dim % num_heads:
+            raise ValueError(f'embed_dim={embed_dim} must be divisible by num_heads={num_heads}')
         self._check_pool(global_pool)
-        self.num_classes, self.in_chans, self.tokens_type, self.dynamic_img_size = num_classes, in_chans, tokens_type, dynamic_img_size
+        self.num_classes, self.in_chans, self.tokens_type, self.dynamic_img_size = (
+            num_classes, in_chans, tokens_type, dynamic_img_size)
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.global_pool, self.num_prefix_tokens, self.grad_checkpointing = 'token', 1, False
         with torch.device(device) if device is not None else nullcontext():
-            self.tokens_to_token = make_stem(tokens_type, img_size, in_chans, embed_dim, token_dim, schedule, kernel_ratio)
-            self.img_size, num_patches = self.tokens_to_token.img_size, self.tokens_to_token.num_patches
+            self.tokens_to_token = make_stem(tokens_type, img_size, in_chans, embed_dim, token_dim,
+                                             schedule, kernel_ratio)
+            self.img_size, num_patches = (self.tokens_to_token.img_size,
+                                          self.tokens_to_token.num_patches)
             self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-            self.register_buffer('pos_embed', get_sinusoid_encoding(num_patches + 1, embed_dim))   # fixed: a buffer, in the state dict
+            # fixed: a buffer, in the state dict
+            self.register_buffer('pos_embed', get_sinusoid_encoding(num_patches + 1, embed_dim))
             self.pos_drop = nn.Dropout(drop_rate)
             dpr = torch.linspace(0, drop_path_rate, depth, device='cpu').tolist()
-            self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, proj_drop=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[i]) for i in range(depth)])
+            self.blocks = nn.ModuleList([
+                Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, proj_drop=drop_rate,
+                      attn_drop=attn_drop_rate, drop_path=dpr[i]) for i in range(depth)])
             self.norm = nn.LayerNorm(embed_dim, eps=1e-5)
             self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        reduction = math.prod(s for _, s, _ in self.tokens_to_token.schedule)   # pixels per token side: 16
-        self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=reduction) for i in range(depth)]
+        # pixels per token side: 16
+        reduction = math.prod(s for _, s, _ in self.tokens_to_token.schedule)
+        self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=reduction)
+                             for i in range(depth)]
         trunc_normal_(self.cls_token, std=.02)
         self.apply(self._init_weights)
         if dtype is not None: self.to(dtype)
@@ -162,7 +188,9 @@ class T2TViT(TimmControls, nn.Module):
 
     @staticmethod
     def _check_pool(global_pool):
-        if global_pool not in (None, 'token'): raise ValueError(f"T2T-ViT pools with its class token: global_pool='token', got {global_pool!r}")
+        if global_pool not in (None, 'token'):
+            raise ValueError("T2T-ViT pools with its class token: "
+                             f"global_pool='token', got {global_pool!r}")
 
     @torch.jit.ignore
     def get_classifier(self): return self.head
@@ -171,39 +199,48 @@ class T2TViT(TimmControls, nn.Module):
         "A new head for `num_classes` (0: none), on the model's device and dtype."
         self._check_pool(global_pool)
         self.num_classes, p = num_classes, self.cls_token
-        self.head = nn.Linear(self.embed_dim, num_classes, device=p.device, dtype=p.dtype).train(self.training) if num_classes > 0 else nn.Identity()
+        self.head = (nn.Linear(self.embed_dim, num_classes, device=p.device, dtype=p.dtype)
+                     .train(self.training) if num_classes > 0 else nn.Identity())
 
     def check_input(self, x):
         "Raise a ValueError naming the expected (B, C, H, W) when `x` does not fit this model."
         size = 'H, W' if self.dynamic_img_size else f'{self.img_size}, {self.img_size}'
         want, got = f'(B, {self.in_chans}, {size})', tuple(x.shape)
-        if x.ndim != 4: raise ValueError(f'expected an image batch {want}, got a {x.ndim}-D tensor of shape {got}')
-        if x.shape[1] != self.in_chans: raise ValueError(f'expected {want}, got {got}: {x.shape[1]} channels; create the model with in_chans={x.shape[1]}')
+        if x.ndim != 4: raise ValueError(f'expected an image batch {want}, '
+                                         f'got a {x.ndim}-D tensor of shape {got}')
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f'expected {want}, got {got}: {x.shape[1]} channels; '
+                             f'create the model with in_chans={x.shape[1]}')
         if not self.dynamic_img_size and tuple(x.shape[-2:]) != (self.img_size, self.img_size):
-            raise ValueError(f'expected {want}, got {got}; resize the images to {self.img_size}x{self.img_size}, or create the model '
-                             f'for this size: create_model(name, img_size={x.shape[-1]}) (or with dynamic_img_size=True)')
+            raise ValueError(f'expected {want}, got {got}; resize the images to '
+                             f'{self.img_size}x{self.img_size}, or create the model for this size: '
+                             f'create_model(name, img_size={x.shape[-1]}) '
+                             '(or with dynamic_img_size=True)')
         if min(self.tokens_to_token.feat_size(x.shape[-2], x.shape[-1])) < 1:
             side = next(s for s in range(1, 4096) if min(self.tokens_to_token.feat_size(s, s)) >= 1)
-            raise ValueError(f'an image of {x.shape[-2]}x{x.shape[-1]} leaves no token after the splits {self.tokens_to_token.schedule}; use at least {side}x{side}')
+            raise ValueError(f'an image of {x.shape[-2]}x{x.shape[-1]} leaves no token after the '
+                             f'splits {self.tokens_to_token.schedule}; use at least {side}x{side}')
 
     def _embed(self, x) -> Tuple[torch.Tensor, int, int]:  # (B, C, H, W) -> (B, 1+h*w, D), h, w
         if not torch.jit.is_scripting():
-            if not is_tracing(): self.check_input(x)                              # eager only: shapes, not values
+            if not is_tracing(): self.check_input(x)  # eager only: shapes, not values
         h, w = self.tokens_to_token.feat_size(x.shape[-2], x.shape[-1])
-        x = self.tokens_to_token(x)                                               # (B, h*w, D); checkpoints its own T2T layers
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)      # (B, 1+h*w, D)
-        pos = resample_pos_table(self.pos_embed, h, w, self.tokens_to_token.grid) if self.dynamic_img_size else self.pos_embed
+        x = self.tokens_to_token(x)  # (B, h*w, D); checkpoints its own T2T layers
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+h*w, D)
+        pos = (resample_pos_table(self.pos_embed, h, w, self.tokens_to_token.grid)
+               if self.dynamic_img_size else self.pos_embed)
         return self.pos_drop(x + pos), h, w
 
     def forward_features(self, x):  # (B, C, H, W) -> (B, 1+h*w, D)
         x, _, _ = self._embed(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting(): x = checkpoint_seq(self.blocks, x, use_reentrant=False)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x, use_reentrant=False)
         else:
             for blk in self.blocks: x = blk(x)
         return self.norm(x)
 
     def forward_head(self, x, pre_logits:bool=False):  # (B, 1+h*w, D) -> (B, num_classes)
-        x = x[:, 0]                                                               # class token (B, D)
+        x = x[:, 0]  # class token (B, D)
         return x if pre_logits else self.head(x)
 
     def forward(self, x): return self.forward_head(self.forward_features(x))
@@ -214,11 +251,13 @@ def count_params(model:nn.Module, trainable:bool=True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
 
 def count_macs(model:nn.Module, img_size:int=224, in_chans:int=3, x:torch.Tensor=None) -> int:
-    "Multiply-accumulates of one forward pass (FLOPs / 2) on one zero image, or on `x`; attention included."
-    # FlopCounterMode counts matmuls, linears and convolutions. Whether it also counts a fused attention
-    # kernel depends on the torch version and device (torch 2.14 counts nothing for the CPU kernel), so
-    # attention runs on the math backend here: two batched matmuls (q k^T and weights @ v), counted on
-    # every torch. The forward pass is the same function; only the kernel differs.
+    ("Multiply-accumulates of one forward pass (FLOPs / 2) on one zero image, or on `x`; "
+     "attention included.")
+    # FlopCounterMode counts matmuls, linears and convolutions. Whether it also counts a
+    # fused attention kernel depends on the torch version and device (torch 2.14 counts
+    # nothing for the CPU kernel), so attention runs on the math backend here: two batched
+    # matmuls (q k^T and weights @ v), counted on every torch. The forward pass is the same
+    # function; only the kernel differs.
     model = model.eval()
     x = torch.zeros(1, in_chans, img_size, img_size) if x is None else x
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:

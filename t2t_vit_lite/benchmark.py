@@ -4,7 +4,8 @@
 
 # %% ../nbs/11_benchmarks.ipynb #5af18ac6
 from __future__ import annotations
-import argparse, contextlib, datetime, importlib, io, json, os, pathlib, platform, shlex, subprocess, sys, tempfile, time, types, weakref
+import argparse, contextlib, datetime, importlib, io, json, os, pathlib, platform, shlex, \
+    subprocess, sys, tempfile, time, types, weakref
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,14 +26,16 @@ __all__ = ['OPTIMIZERS', 'PEAK_TFLOPS', 'ALLOCATOR_VARS', 'PIPELINE_STAGES', 'Pe
 
 # %% ../nbs/11_benchmarks.ipynb #f5a494a8
 class PeakMemory(TorchDispatchMode):
-    "Peak bytes of the tensors created inside the block (counted per storage, freed when the last view dies)."
+    ("Peak bytes of the tensors created inside the block (counted per storage, freed when the last "
+     "view dies).")
     def __init__(self): super().__init__(); self.live = self.peak = 0; self.refs = {}
     def _drop(self, ptr):
         self.refs[ptr][0] -= 1
         if self.refs[ptr][0] == 0: self.live -= self.refs.pop(ptr)[1]
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {a.untyped_storage().data_ptr() for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)}
+        inputs = {a.untyped_storage().data_ptr() for a in tree_flatten((args, kwargs))[0]
+                  if isinstance(a, torch.Tensor)}
         for t in tree_flatten(out)[0]:
             if not isinstance(t, torch.Tensor): continue
             ptr = t.untyped_storage().data_ptr()
@@ -44,9 +47,11 @@ class PeakMemory(TorchDispatchMode):
         return out
 
 def peak_memory(fn, device) -> int:
-    "Peak bytes allocated while `fn()` runs (CUDA allocator stats on a GPU, live-tensor count on a CPU)."
+    ("Peak bytes allocated while `fn()` runs (CUDA allocator stats on a GPU, live-tensor count on "
+     "a CPU).")
     if torch.device(device).type == 'cuda':
-        torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
+        torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
         fn(); torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
     with PeakMemory() as pm: fn()
@@ -55,16 +60,20 @@ def peak_memory(fn, device) -> int:
 # %% ../nbs/11_benchmarks.ipynb #182aff11
 def build(name:str, img_size:int=224):
     "A T2T-ViT variant by name, or a timm model as 'timm:<name>' (random weights)."
-    if name.startswith('timm:'): return timm.create_model(name[5:], pretrained=False, num_classes=1000)
+    if name.startswith('timm:'):
+        return timm.create_model(name[5:], pretrained=False, num_classes=1000)
     return create_model(name, img_size=img_size)
 
 OPTIMIZERS = ('none', 'adamw', 'fused')
-# dense (no sparsity) bf16/fp16 tensor-core peaks from the vendors' data sheets, TFLOP/s; first match of the device name wins
-PEAK_TFLOPS = (('H100 PCIe', 756.), ('H100 NVL', 835.), ('H100', 989.4), ('H200', 989.4), ('GH200', 989.4), ('B200', 2250.),
-               ('A100', 312.), ('L40S', 362.), ('L4', 121.), ('A10G', 70.))
+# dense (no sparsity) bf16/fp16 tensor-core peaks from the vendors' data sheets, TFLOP/s;
+# first match of the device name wins
+PEAK_TFLOPS = (('H100 PCIe', 756.), ('H100 NVL', 835.), ('H100', 989.4), ('H200', 989.4),
+               ('GH200', 989.4), ('B200', 2250.), ('A100', 312.), ('L40S', 362.), ('L4', 121.),
+               ('A10G', 70.))
 
 def gpu_peak_tflops(device='cuda') -> float:
-    "The GPU's dense bf16 peak in TFLOP/s from `PEAK_TFLOPS`, or None on a CPU or an unlisted GPU (pass `peak_tflops` then)."
+    ("The GPU's dense bf16 peak in TFLOP/s from `PEAK_TFLOPS`, or None on a CPU or an unlisted GPU "
+     "(pass `peak_tflops` then).")
     device = torch.device(device)
     if device.type != 'cuda' or not torch.cuda.is_available(): return None
     name = torch.cuda.get_device_name(device)
@@ -73,9 +82,12 @@ def gpu_peak_tflops(device='cuda') -> float:
 def _sync(device):
     if device.type == 'cuda': torch.cuda.synchronize(device)
 
-def make_step(f, model:nn.Module, x:torch.Tensor, train:bool, device, amp:str, optimizer:str='none'):
-    "One inference step, or a training step (forward, backward and, unless `optimizer='none'`, AdamW's update) of `f` on `x`."
-    opt = None if not train or optimizer == 'none' else torch.optim.AdamW(model.parameters(), lr=1e-6, fused=optimizer == 'fused')
+def make_step(f, model:nn.Module, x:torch.Tensor, train:bool, device, amp:str,
+              optimizer:str='none'):
+    ("One inference step, or a training step (forward, backward and, unless `optimizer='none'`, "
+     "AdamW's update) of `f` on `x`.")
+    opt = (None if not train or optimizer == 'none'
+           else torch.optim.AdamW(model.parameters(), lr=1e-6, fused=optimizer == 'fused'))
     def step():
         if not train:
             with torch.no_grad(), autocast_for(device, amp): return f(x)
@@ -86,7 +98,8 @@ def make_step(f, model:nn.Module, x:torch.Tensor, train:bool, device, amp:str, o
     return step
 
 def _fitting_step(make, batch:int, device) -> tuple:
-    "(batch, step) for the largest batch <= `batch`, halving on CUDA out-of-memory, whose step runs."
+    ("(batch, step) for the largest batch <= `batch`, halving on CUDA out-of-memory, whose step "
+     "runs.")
     while True:
         step = make(batch)
         try: step(); _sync(device); return batch, step
@@ -95,34 +108,39 @@ def _fitting_step(make, batch:int, device) -> tuple:
             if batch == 1: raise
             batch //= 2
 
-def compare(names:list, batch:int=8, img_size:int=224, device='cpu', amp:str='none', compile:bool=False,
-            train:bool=False, repeats:int=5, warmup:int=2, channels_last:bool=False, extra:dict=None,
+def compare(names:list, batch:int=8, img_size:int=224, device='cpu', amp:str='none',
+            compile:bool=False, train:bool=False, repeats:int=5, warmup:int=2,
+            channels_last:bool=False, extra:dict=None,
             optimizer:str='none',      # with train: 'adamw' or 'fused' adds the optimizer step
             fit_batch:bool=False,      # halve a model's batch until its step fits in GPU memory
             inner:int=None,            # steps per timed repeat (default: 10 on a GPU, 1 on a CPU)
-            peak_tflops:float=None,    # the device's bf16 peak for the MFU column (default: gpu_peak_tflops)
+            peak_tflops:float=None,    # the device's bf16 peak for MFU (default: gpu_peak_tflops)
             ) -> list:
-    "Time `names` (and the models in `extra`, label -> model) in one interleaved run; rows with ratios to the first."
+    ("Time `names` (and the models in `extra`, label -> model) in one interleaved run; rows with "
+     "ratios to the first.")
     device, amp = torch.device(device), resolve_amp(device, amp)
-    if optimizer not in OPTIMIZERS: raise ValueError(f'optimizer {optimizer!r}: choose one of {OPTIMIZERS}')
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f'optimizer {optimizer!r}: choose one of {OPTIMIZERS}')
     inner = inner or (10 if device.type == 'cuda' else 1)
     peak = peak_tflops or (gpu_peak_tflops(device) if amp != 'none' else None)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     built = {n: build(n, img_size) for n in names} | dict(extra or {})
     models, steps, gflop, batches = {}, {}, {}, {}
     for n, m in built.items():
-        gflop[n] = 2 * count_macs(m, img_size) / 1e9 * (3 if train else 1)   # on the CPU, before moving; backward ~ 2x forward
+        # on the CPU, before moving; backward ~ 2x forward
+        gflop[n] = 2 * count_macs(m, img_size) / 1e9 * (3 if train else 1)
         m = m.to(device, memory_format=fmt).train(train)
         f = torch.compile(m) if compile else m
         def make(b, f=f, m=m):
             x = torch.randn(b, 3, img_size, img_size, device=device).contiguous(memory_format=fmt)
             return make_step(f, m, x, train, device, amp, optimizer)
-        batches[n], steps[n] = _fitting_step(make, batch, device) if fit_batch else (batch, make(batch))
+        batches[n], steps[n] = (_fitting_step(make, batch, device) if fit_batch
+                                else (batch, make(batch)))
         models[n] = m
     for _ in range(warmup):
         for n in models: steps[n](); _sync(device)
     best = {n: float('inf') for n in models}
-    for _ in range(repeats):                                   # round-robin: drift hits every model alike
+    for _ in range(repeats):  # round-robin: drift hits every model alike
         for n in models:
             t0 = time.perf_counter()
             for _ in range(inner): steps[n]()
@@ -130,9 +148,12 @@ def compare(names:list, batch:int=8, img_size:int=224, device='cpu', amp:str='no
     rows = []
     for n, m in models.items():
         params, b = sum(p.numel() for p in m.parameters() if p.requires_grad), batches[n]
-        measurable = device.type == 'cuda' or not compile       # the CPU counter cannot see inside compiled graphs
-        rows.append(dict(model=n, batch=b, params_m=params / 1e6, ms=best[n] * 1e3, images_per_s=b / best[n], gflops_per_s=gflop[n] * b / best[n],
-                         peak_mib=peak_memory(lambda: (steps[n](), _sync(device)), device) / 2**20 if measurable else float('nan')))
+        # the CPU counter cannot see inside compiled graphs
+        measurable = device.type == 'cuda' or not compile
+        rows.append(dict(model=n, batch=b, params_m=params / 1e6, ms=best[n] * 1e3,
+                         images_per_s=b / best[n], gflops_per_s=gflop[n] * b / best[n],
+                         peak_mib=peak_memory(lambda: (steps[n](), _sync(device)), device) / 2**20
+                                  if measurable else float('nan')))
         rows[-1]['mfu'] = rows[-1]['gflops_per_s'] / (peak * 1e3) if peak else float('nan')
     for r in rows:
         r['speed_vs_first'] = r['images_per_s'] / rows[0]['images_per_s']
@@ -141,30 +162,38 @@ def compare(names:list, batch:int=8, img_size:int=224, device='cpu', amp:str='no
     return rows
 
 def format_rows(rows:list) -> str:
-    "The rows of `compare` as a fixed-width table (with batch and MFU columns when they vary or are known)."
-    mfu = any(r.get('mfu') == r.get('mfu') for r in rows)                      # some MFU is not NaN
-    head = (f"{'model':<32}{'batch':>6}{'params M':>9}{'ms/batch':>10}{'img/s':>9}{'GFLOP/s':>10}{'peak MiB':>10}{'speed x':>9}{'FLOP/s x':>9}"
-            f"{'memory x':>10}" + (f"{'MFU %':>7}" if mfu else ''))
-    return '\n'.join([head] + [f"{r['model']:<32}{r.get('batch', 0):>6}{r['params_m']:>9.2f}{r['ms']:>10.1f}{r['images_per_s']:>9.1f}{r['gflops_per_s']:>10.1f}"
-                               f"{r['peak_mib']:>10.1f}{r['speed_vs_first']:>9.2f}{r['flop_rate_vs_first']:>9.2f}{r['memory_vs_first']:>10.2f}"
-                               + (f"{100 * r['mfu']:>7.1f}" if mfu else '') for r in rows])
+    ("The rows of `compare` as a fixed-width table (with batch and MFU columns when they vary or "
+     "are known).")
+    mfu = any(r.get('mfu') == r.get('mfu') for r in rows)  # some MFU is not NaN
+    head = (f"{'model':<32}{'batch':>6}{'params M':>9}{'ms/batch':>10}{'img/s':>9}{'GFLOP/s':>10}"
+            f"{'peak MiB':>10}{'speed x':>9}{'FLOP/s x':>9}{'memory x':>10}"
+            + (f"{'MFU %':>7}" if mfu else ''))
+    return '\n'.join([head] + [
+        f"{r['model']:<32}{r.get('batch', 0):>6}{r['params_m']:>9.2f}{r['ms']:>10.1f}"
+        f"{r['images_per_s']:>9.1f}{r['gflops_per_s']:>10.1f}{r['peak_mib']:>10.1f}"
+        f"{r['speed_vs_first']:>9.2f}{r['flop_rate_vs_first']:>9.2f}{r['memory_vs_first']:>10.2f}"
+        + (f"{100 * r['mfu']:>7.1f}" if mfu else '') for r in rows])
 
 
 # %% ../nbs/11_benchmarks.ipynb #0c126ef3
 def recount(run:dict) -> dict:
-    "A stored `t2t-bench` run with GFLOP/s, MFU and per-FLOP ratios recomputed from its times by `count_macs`."
-    # runs saved before count_macs counted attention on every torch left attention's matmuls out; the
-    # times are measurements and stay, the FLOPs per image are recounted ('official:X' has X's FLOPs)
+    ("A stored `t2t-bench` run with GFLOP/s, MFU and per-FLOP ratios recomputed from its times by "
+     "`count_macs`.")
+    # runs saved before count_macs counted attention on every torch left attention's matmuls
+    # out; the times are measurements and stay, the FLOPs per image are recounted
+    # ('official:X' has X's FLOPs)
     run = json.loads(json.dumps(run))
     if not run.get('rows'): return run
     img, k = run.get('img_size', 224), 3 if run.get('train') else 1
     for x in run['rows']:
-        flop = 2 * count_macs(build(x['model'].removeprefix('official:'), img), img) * k   # per image
-        rate = flop * x['batch'] / (x['ms'] / 1e3) / 1e9                                 # GFLOP/s
-        if x.get('mfu') == x.get('mfu') and x.get('mfu'):                                # peak = old rate / old MFU
+        # FLOP per image, then GFLOP/s
+        flop = 2 * count_macs(build(x['model'].removeprefix('official:'), img), img) * k
+        rate = flop * x['batch'] / (x['ms'] / 1e3) / 1e9
+        if x.get('mfu') == x.get('mfu') and x.get('mfu'):  # peak = old rate / old MFU
             x['mfu_stored'], x['mfu'] = x['mfu'], x['mfu'] * rate / x['gflops_per_s']
         x['gflops_per_s_stored'], x['gflops_per_s'] = x['gflops_per_s'], rate
-    for x in run['rows']: x['flop_rate_vs_first'] = x['gflops_per_s'] / run['rows'][0]['gflops_per_s']
+    for x in run['rows']:
+        x['flop_rate_vs_first'] = x['gflops_per_s'] / run['rows'][0]['gflops_per_s']
     run['recounted'] = True
     return run
 
@@ -172,8 +201,10 @@ def recount(run:dict) -> dict:
 # %% ../nbs/11_benchmarks.ipynb #c5f1e2a3
 @contextlib.contextmanager
 def _old_timm_imports():
-    "While the official code imports: the timm 0.3 module paths it names, with a no-op `register_model`."
-    shims = {'timm.models.layers': vars(timm.layers), 'timm.models.helpers': dict(load_pretrained=None),
+    ("While the official code imports: the timm 0.3 module paths it names, with a no-op "
+     "`register_model`.")
+    shims = {'timm.models.layers': vars(timm.layers),
+             'timm.models.helpers': dict(load_pretrained=None),
              'timm.models.registry': dict(register_model=lambda fn: fn)}
     saved = {n: sys.modules.get(n) for n in shims}
     for n, attrs in shims.items():
@@ -185,17 +216,23 @@ def _old_timm_imports():
             else: sys.modules[n] = m
 
 def load_official(root) -> types.ModuleType:
-    "The official `models/t2t_vit.py` of a checkout at `root`, imported as `_t2t_official.t2t_vit` (registers nothing in timm)."
+    ("The official `models/t2t_vit.py` of a checkout at `root`, imported as "
+     "`_t2t_official.t2t_vit` (registers nothing in timm).")
     models = pathlib.Path(root).expanduser() / 'models'
     if not (models / 't2t_vit.py').is_file():
-        raise FileNotFoundError(f'{models / "t2t_vit.py"} not found: pass the root of a checkout of https://github.com/yitu-opensource/T2T-ViT')
-    pkg = types.ModuleType('_t2t_official'); pkg.__path__ = [str(models)]    # a namespace: its __init__ (SE, dense, ghost) is not run
+        raise FileNotFoundError(f'{models / "t2t_vit.py"} not found: pass the root of a checkout '
+                                'of https://github.com/yitu-opensource/T2T-ViT')
+    # a namespace: its __init__ (SE, dense, ghost) is not run
+    pkg = types.ModuleType('_t2t_official'); pkg.__path__ = [str(models)]
     sys.modules['_t2t_official'] = pkg
-    with _old_timm_imports(), contextlib.redirect_stdout(io.StringIO()): return importlib.import_module('_t2t_official.t2t_vit')
+    with _old_timm_imports(), contextlib.redirect_stdout(io.StringIO()):
+        return importlib.import_module('_t2t_official.t2t_vit')
 
 def official_twin(name:str, model:nn.Module, root, atol:float=1e-4) -> nn.Module:
-    "The official model `name` with `model`'s weights, checked to give the same logits (AssertionError otherwise)."
-    with contextlib.redirect_stdout(io.StringIO()): off = getattr(load_official(root), name)(img_size=model.img_size).eval()
+    ("The official model `name` with `model`'s weights, checked to give the same logits "
+     "(AssertionError otherwise).")
+    with contextlib.redirect_stdout(io.StringIO()):
+        off = getattr(load_official(root), name)(img_size=model.img_size).eval()
     off.load_state_dict(model.state_dict())
     x = torch.randn(2, 3, model.img_size, model.img_size)
     with torch.no_grad(): diff = (off(x) - model.eval()(x)).abs().max().item()
@@ -203,28 +240,35 @@ def official_twin(name:str, model:nn.Module, root, atol:float=1e-4) -> nn.Module
     return off
 
 # %% ../nbs/11_benchmarks.ipynb #c7d8e9f1
-ALLOCATOR_VARS = ('GLIBC_TUNABLES', 'LD_PRELOAD')   # and every MALLOC_* variable: glibc's malloc settings, or a replacement allocator
+# glibc's malloc settings, or a replacement allocator: these and every MALLOC_* variable
+ALLOCATOR_VARS = ('GLIBC_TUNABLES', 'LD_PRELOAD')
 
 def allocator_env(env:dict=None) -> dict:
-    "The variables of `env` (default: this process's environment) that change how the C allocator gives memory back to the OS (they move CPU timings a lot)."
-    return {k: v for k, v in sorted((os.environ if env is None else env).items()) if k in ALLOCATOR_VARS or k.startswith('MALLOC_')}
+    ("The variables of `env` (default: this process's environment) that change how the C "
+     "allocator gives memory back to the OS (they move CPU timings a lot).")
+    return {k: v for k, v in sorted((os.environ if env is None else env).items())
+            if k in ALLOCATOR_VARS or k.startswith('MALLOC_')}
 
 # %% ../nbs/11_benchmarks.ipynb #dcd9dbd9
 def make_jpegs(folder, n:int=32, size:tuple=(500, 375), seed:int=0) -> list:
-    "Write `n` JPEGs of ImageNet's typical size (smooth random colour fields plus grain, quality 90) into `folder`; return their paths."
+    ("Write `n` JPEGs of ImageNet's typical size (smooth random colour fields plus grain, quality "
+     "90) into `folder`; return their paths.")
     from PIL import Image
     folder = pathlib.Path(folder); folder.mkdir(parents=True, exist_ok=True)
     g, paths = torch.Generator().manual_seed(seed), []
     for i in range(n):
-        field = F.interpolate(torch.rand(1, 3, 12, 16, generator=g), size=size[::-1], mode='bicubic', align_corners=False)[0]
-        img = (field + 0.15 * torch.rand(3, *size[::-1], generator=g)).clamp(0, 1).mul(255).byte().permute(1, 2, 0).numpy()
+        field = F.interpolate(torch.rand(1, 3, 12, 16, generator=g), size=size[::-1],
+                              mode='bicubic', align_corners=False)[0]
+        img = ((field + 0.15 * torch.rand(3, *size[::-1], generator=g)).clamp(0, 1).mul(255).byte()
+               .permute(1, 2, 0).numpy())
         paths.append(folder / f'{i:04d}.jpg'); Image.fromarray(img).save(paths[-1], quality=90)
     return paths
 
 PIPELINE_STAGES = ('decode', 'crop_flip', 'randaugment', 'tensor_norm_erase')
 
 def pipeline_rate(paths:list, img_size:int=224, repeats:int=2, **aug) -> dict:
-    "Images/s that one CPU core gets through the paper's training transform, in all and per stage (`PIPELINE_STAGES`)."
+    ("Images/s that one CPU core gets through the paper's training transform, in all and per "
+     "stage (`PIPELINE_STAGES`).")
     stages = train_transform(img_size, separate=True, **aug)   # (crop+flip, RandAugment, final)
     threads = torch.get_num_threads(); torch.set_num_threads(1)
     spent = dict.fromkeys(PIPELINE_STAGES, 0.)
@@ -236,51 +280,79 @@ def pipeline_rate(paths:list, img_size:int=224, repeats:int=2, **aug) -> dict:
                 for k, a, b in zip(PIPELINE_STAGES, t, t[1:]): spent[k] += b - a
     finally: torch.set_num_threads(threads)
     n, total = repeats * len(paths), sum(spent.values())
-    return dict(images_per_s=n / total, stage_images_per_s={k: n / v for k, v in spent.items()}, stage_share={k: v / total for k, v in spent.items()},
-                out_shape=list(im.shape))
+    return dict(images_per_s=n / total, stage_images_per_s={k: n / v for k, v in spent.items()},
+                stage_share={k: v / total for k, v in spent.items()}, out_shape=list(im.shape))
 
 
 # %% ../nbs/11_benchmarks.ipynb #23e2acc1
 def get_parser():
-    p = argparse.ArgumentParser('t2t-bench', description='Time T2T-ViT variants and timm models side by side, in one run.')
-    p.add_argument('--models', nargs='+', default=['timm:deit_small_patch16_224', 't2t_vit_14', 't2t_vit_t_14'],
-                   help=f'T2T-ViT names ({", ".join(VARIANTS)}) or timm:<name>; ratios are to the first')
-    p.add_argument('-b', '--batch-size', type=int, default=8); p.add_argument('--img-size', type=int, default=224)
-    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', choices=['cpu', 'cuda'])
-    add_amp_argument(p)                                            # the same --amp as t2t-train and t2t-eval
-    p.add_argument('--compile', action='store_true'); p.add_argument('--channels-last', action='store_true')
-    p.add_argument('--train', action='store_true', help='time forward + backward'); p.add_argument('--repeats', type=int, default=10)
-    p.add_argument('--opt', default='none', choices=OPTIMIZERS, help="with --train, add AdamW's step: adamw (torch's default kernel) or fused")
-    p.add_argument('--fit-batch', action='store_true', help='halve a model\'s batch until its step fits in GPU memory (-b is the largest tried)')
-    p.add_argument('--inner', type=int, help='steps per timed repeat (default: 10 on a GPU, 1 on a CPU)')
-    p.add_argument('--peak-tflops', type=float, help='the GPU\'s dense bf16 peak for the MFU column, if it is not in PEAK_TFLOPS')
-    p.add_argument('--pipeline', action='store_true', help="time the paper's training transform on one CPU core (generated JPEGs) instead of models")
-    p.add_argument('--pipeline-images', type=int, default=64, help='how many 500x375 JPEGs --pipeline generates')
-    p.add_argument('--official', metavar='DIR', help='root of a checkout of the official repository: add its model of each T2T name')
+    p = argparse.ArgumentParser(
+        't2t-bench', description='Time T2T-ViT variants and timm models side by side, in one run.')
+    p.add_argument('--models', nargs='+',
+                   default=['timm:deit_small_patch16_224', 't2t_vit_14', 't2t_vit_t_14'],
+                   help=f'T2T-ViT names ({", ".join(VARIANTS)}) or timm:<name>; '
+                        'ratios are to the first')
+    p.add_argument('-b', '--batch-size', type=int, default=8)
+    p.add_argument('--img-size', type=int, default=224)
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                   choices=['cpu', 'cuda'])
+    add_amp_argument(p)  # the same --amp as t2t-train and t2t-eval
+    p.add_argument('--compile', action='store_true')
+    p.add_argument('--channels-last', action='store_true')
+    p.add_argument('--train', action='store_true', help='time forward + backward')
+    p.add_argument('--repeats', type=int, default=10)
+    p.add_argument('--opt', default='none', choices=OPTIMIZERS,
+                   help="with --train, add AdamW's step: adamw (torch's default kernel) or fused")
+    p.add_argument('--fit-batch', action='store_true',
+                   help='halve a model\'s batch until its step fits in GPU memory '
+                        '(-b is the largest tried)')
+    p.add_argument('--inner', type=int,
+                   help='steps per timed repeat (default: 10 on a GPU, 1 on a CPU)')
+    p.add_argument('--peak-tflops', type=float,
+                   help='the GPU\'s dense bf16 peak for the MFU column, if it is not in '
+                        'PEAK_TFLOPS')
+    p.add_argument('--pipeline', action='store_true',
+                   help="time the paper's training transform on one CPU core (generated JPEGs) "
+                        "instead of models")
+    p.add_argument('--pipeline-images', type=int, default=64,
+                   help='how many 500x375 JPEGs --pipeline generates')
+    p.add_argument('--official', metavar='DIR',
+                   help='root of a checkout of the official repository: add its model of each '
+                        'T2T name')
     p.add_argument('--threads', type=int, help='torch.set_num_threads on the CPU')
-    p.add_argument('--json', action='store_true'); p.add_argument('--save', metavar='FILE', help='append this run (rows, date, machine) to a JSON file')
+    p.add_argument('--json', action='store_true')
+    p.add_argument('--save', metavar='FILE',
+                   help='append this run (rows, date, machine) to a JSON file')
     return p
 
 def _fail(msg): print(f't2t-bench: error: {msg}', file=sys.stderr); sys.exit(2)
 
 def _run_info(a, argv:list) -> dict:
-    "Date, machine, versions, GPU and driver, the exact command and the allocator settings of this run (for the results file)."
+    ("Date, machine, versions, GPU and driver, the exact command and the allocator settings of "
+     "this run (for the results file).")
     gpu = driver = None
     if a.device == 'cuda':
         gpu = torch.cuda.get_device_name()
-        try: driver = subprocess.run(['nvidia-smi', '--query-gpu=driver_version', '--format=csv,noheader'], capture_output=True, text=True).stdout.split()[0]
+        try: driver = subprocess.run(
+                ['nvidia-smi', '--query-gpu=driver_version', '--format=csv,noheader'],
+                capture_output=True, text=True).stdout.split()[0]
         except (OSError, IndexError): pass
-    return dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), machine=f'{platform.processor() or platform.machine()}, '
-                f'{torch.get_num_threads()} threads, {os.cpu_count()} cores', torch=torch.__version__, timm=timm.__version__, device=a.device,
-                gpu=gpu, driver=driver, command=shlex.join(['t2t-bench', *argv]), allocator=allocator_env())
+    return dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+                machine=f'{platform.processor() or platform.machine()}, '
+                        f'{torch.get_num_threads()} threads, {os.cpu_count()} cores',
+                torch=torch.__version__, timm=timm.__version__, device=a.device, gpu=gpu,
+                driver=driver, command=shlex.join(['t2t-bench', *argv]), allocator=allocator_env())
 
 def _saved_runs(path) -> list:
-    "The runs already in a `--save` file (none if it does not exist yet), or a UsageError before anything is timed."
-    f = check_output_file(path, '--save', overwrite=True)            # a folder, a missing folder, below a file, unwritable
+    ("The runs already in a `--save` file (none if it does not exist yet), or a UsageError before "
+     "anything is timed.")
+    # a folder, a missing folder, below a file, unwritable
+    f = check_output_file(path, '--save', overwrite=True)
     if not f.exists(): return []
     try: runs = json.loads(f.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f'--save {f} is not a t2t-bench results file (not JSON: {e}); choose another file') from None
+        raise UsageError(f'--save {f} is not a t2t-bench results file (not JSON: {e}); '
+                         'choose another file') from None
     if not isinstance(runs, list):
         raise UsageError(f'--save {f} holds JSON but not a list of runs; choose another file')
     return runs
@@ -288,30 +360,40 @@ def _saved_runs(path) -> list:
 def _append(path, run:dict):
     "Add `run` to the JSON list in `path` (created if missing), written atomically."
     runs = _saved_runs(path)
-    atomic_write(pathlib.Path(path), lambda t: pathlib.Path(t).write_text(json.dumps(runs + [run], indent=1)))
+    atomic_write(pathlib.Path(path),
+                 lambda t: pathlib.Path(t).write_text(json.dumps(runs + [run], indent=1)))
 
 def _pipeline_main(a, argv:list):
-    "`t2t-bench --pipeline`: images/s per CPU core through the paper's training transform, on generated ImageNet-size JPEGs."
-    with tempfile.TemporaryDirectory() as d: r = pipeline_rate(make_jpegs(d, a.pipeline_images), a.img_size)
+    ("`t2t-bench --pipeline`: images/s per CPU core through the paper's training transform, on "
+     "generated ImageNet-size JPEGs.")
+    with tempfile.TemporaryDirectory() as d:
+        r = pipeline_rate(make_jpegs(d, a.pipeline_images), a.img_size)
     run = dict(_run_info(a, argv), kind='pipeline', img_size=a.img_size, **r)
     if a.save: _append(a.save, run)
     if a.json: print(json.dumps(r)); return
-    print(f"paper's training transform, one CPU core, {a.pipeline_images} generated 500x375 JPEGs -> {a.img_size} px: {r['images_per_s']:.0f} images/s")
-    for k in PIPELINE_STAGES: print(f"  {k:<18}{r['stage_share'][k]:>6.0%} of the time ({r['stage_images_per_s'][k]:.0f} images/s alone)")
+    print(f"paper's training transform, one CPU core, {a.pipeline_images} generated 500x375 JPEGs "
+          f"-> {a.img_size} px: {r['images_per_s']:.0f} images/s")
+    for k in PIPELINE_STAGES: print(f"  {k:<18}{r['stage_share'][k]:>6.0%} of the time "
+                                    f"({r['stage_images_per_s'][k]:.0f} images/s alone)")
 
 def main(argv=None):
     "Entry point of `t2t-bench` and `python -m t2t_vit_lite.benchmark`."
-    argv = sys.argv[1:] if argv is None else [str(x) for x in argv]     # what the results file records as the command
+    # what the results file records as the command
+    argv = sys.argv[1:] if argv is None else [str(x) for x in argv]
     a = get_parser().parse_args(argv)
     unknown = [n for n in a.models if not n.startswith('timm:') and n not in VARIANTS]
     if unknown: _fail(f'unknown model(s) {unknown}; use {", ".join(VARIANTS)} or timm:<name>')
     if a.batch_size < 1: _fail(f'--batch-size must be >= 1, got {a.batch_size}')
-    if a.device == 'cuda' and not torch.cuda.is_available(): _fail('--device cuda asked for, but no GPU is visible; use --device cpu')
-    if a.opt != 'none' and not a.train: _fail(f'--opt {a.opt} times an optimizer step, which needs --train')
-    for flag, v in (('--inner', a.inner), ('--repeats', a.repeats), ('--pipeline-images', a.pipeline_images)):
+    if a.device == 'cuda' and not torch.cuda.is_available():
+        _fail('--device cuda asked for, but no GPU is visible; use --device cpu')
+    if a.opt != 'none' and not a.train:
+        _fail(f'--opt {a.opt} times an optimizer step, which needs --train')
+    for flag, v in (('--inner', a.inner), ('--repeats', a.repeats),
+                    ('--pipeline-images', a.pipeline_images)):
         if v is not None and v < 1: _fail(f'{flag} must be >= 1, got {v}')
-    if a.peak_tflops is not None and not a.peak_tflops > 0: _fail(f'--peak-tflops must be a number above 0, got {a.peak_tflops}')
-    if a.save:                                                      # checked now, not after the timings
+    if a.peak_tflops is not None and not a.peak_tflops > 0:
+        _fail(f'--peak-tflops must be a number above 0, got {a.peak_tflops}')
+    if a.save:  # checked now, not after the timings
         try: _saved_runs(a.save)
         except UsageError as e: _fail(e)
     if a.threads: torch.set_num_threads(a.threads)
@@ -325,17 +407,24 @@ def main(argv=None):
             extra[n] = create_model(n, img_size=a.img_size)
             extra[f'official:{n}'] = official_twin(n, extra[n], a.official)
     names = [n for n in a.models if n not in extra]
-    rows = compare(names, a.batch_size, a.img_size, a.device, a.amp, a.compile, a.train, a.repeats, channels_last=a.channels_last, extra=extra,
-                   optimizer=a.opt, fit_batch=a.fit_batch, inner=a.inner, peak_tflops=a.peak_tflops)
+    rows = compare(names, a.batch_size, a.img_size, a.device, a.amp, a.compile, a.train, a.repeats,
+                   channels_last=a.channels_last, extra=extra, optimizer=a.opt,
+                   fit_batch=a.fit_batch, inner=a.inner, peak_tflops=a.peak_tflops)
     r = {x['model']: x for x in rows}
-    pairs = {n: dict(speed=r[n]['images_per_s'] / r[f'official:{n}']['images_per_s'], memory=r[n]['peak_mib'] / r[f'official:{n}']['peak_mib'])
+    pairs = {n: dict(speed=r[n]['images_per_s'] / r[f'official:{n}']['images_per_s'],
+                     memory=r[n]['peak_mib'] / r[f'official:{n}']['peak_mib'])
              for n in VARIANTS if f'official:{n}' in r}
-    run = dict(_run_info(a, argv), batch_size=a.batch_size, img_size=a.img_size, amp=resolve_amp(a.device, a.amp), compile=a.compile,
-               channels_last=a.channels_last, train=a.train, optimizer=a.opt, rows=rows, vs_official=pairs)
+    run = dict(_run_info(a, argv), batch_size=a.batch_size, img_size=a.img_size,
+               amp=resolve_amp(a.device, a.amp), compile=a.compile, channels_last=a.channels_last,
+               train=a.train, optimizer=a.opt, rows=rows, vs_official=pairs)
     if a.save: _append(a.save, run)
-    print(json.dumps(rows) if a.json else f'{run["gpu"] or a.device}, batch {a.batch_size}, {a.img_size} px, amp {run["amp"]}, compile {a.compile}, '
-          f'{"train (optimizer " + a.opt + ")" if a.train else "inference"}' + (', channels-last' if a.channels_last else '')
+    print(json.dumps(rows) if a.json else
+          f'{run["gpu"] or a.device}, batch {a.batch_size}, {a.img_size} px, amp {run["amp"]}, '
+          f'compile {a.compile}, {"train (optimizer " + a.opt + ")" if a.train else "inference"}'
+          + (', channels-last' if a.channels_last else '')
           + ''.join(f', {k}={v}' for k, v in run['allocator'].items()) + '\n' + format_rows(rows))
-    for n, v in pairs.items(): print(f'{n}: {v["speed"]:.2f}x the official speed, {v["memory"]:.2f}x its peak memory', file=sys.stderr if a.json else sys.stdout)
+    for n, v in pairs.items():
+        print(f'{n}: {v["speed"]:.2f}x the official speed, {v["memory"]:.2f}x its peak memory',
+              file=sys.stderr if a.json else sys.stdout)
 
 if __name__ == '__main__' and not hasattr(sys, 'ps1') and 'ipykernel' not in sys.modules: main()

@@ -19,7 +19,8 @@ __all__ = ['SAFE_GLOBALS', 'MMPRETRAIN_KEYS', 'CheckpointError', 'read_checkpoin
            'nonfinite_report', 'load_checkpoint', 'model_config', 'save_checkpoint']
 
 # %% ../nbs/14_checkpoints.ipynb #d010adb1
-SAFE_GLOBALS = [argparse.Namespace]   # the only non-tensor class the official files hold (their `args`)
+# the only non-tensor class the official files hold (their `args`)
+SAFE_GLOBALS = [argparse.Namespace]
 
 class CheckpointError(RuntimeError):
     "A checkpoint that cannot be used; the message names the file and the reason."
@@ -29,29 +30,39 @@ def read_checkpoint(path, # .pth / .pth.tar / .pt file, or .safetensors
     "Read a checkpoint file safely (no code from the file runs) into a dict."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f'no checkpoint file at {path}')
-    if path.is_dir(): raise CheckpointError(f'{path} is a folder; expected a checkpoint file (.pth, .pth.tar, .safetensors)')
+    if path.is_dir(): raise CheckpointError(f'{path} is a folder; expected a checkpoint file '
+                                            '(.pth, .pth.tar, .safetensors)')
     if path.suffix == '.safetensors':
         from safetensors import safe_open
         try:
             with safe_open(str(path), framework='pt') as f:
-                return {'state_dict': {k: f.get_tensor(k) for k in f.keys()}, 'metadata': f.metadata() or {}}
-        except Exception as e: raise CheckpointError(f'{path}: not a readable .safetensors file ({e})') from None
+                return {'state_dict': {k: f.get_tensor(k) for k in f.keys()},
+                        'metadata': f.metadata() or {}}
+        except Exception as e:
+            raise CheckpointError(f'{path}: not a readable .safetensors file ({e})') from None
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r'Unsupported global: GLOBAL (\S+)', str(e))
-        if found: raise CheckpointError(f'{path}: refused to load: the file holds a pickled {found.group(1)}, which is not a tensor, '
-                                        f'a container or one of {[c.__name__ for c in SAFE_GLOBALS]}; nothing from it was run') from None
-        raise CheckpointError(f'{path}: not a PyTorch checkpoint, or a corrupt one ({str(e).splitlines()[0][:120]})') from None
+        if found: raise CheckpointError(
+            f'{path}: refused to load: the file holds a pickled {found.group(1)}, which is not a '
+            f'tensor, a container or one of {[c.__name__ for c in SAFE_GLOBALS]}; '
+            'nothing from it was run') from None
+        raise CheckpointError(f'{path}: not a PyTorch checkpoint, or a corrupt one '
+                              f'({str(e).splitlines()[0][:120]})') from None
     except (RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile, OSError) as e:
-        hint = 'truncated or corrupt (download or copy it again)' if zipfile.is_zipfile(path) or 'zip' in str(e) else 'not a PyTorch checkpoint'
-        raise CheckpointError(f'{path}: {hint} ({type(e).__name__}: {str(e).splitlines()[0][:120]})') from None
+        hint = ('truncated or corrupt (download or copy it again)'
+                if zipfile.is_zipfile(path) or 'zip' in str(e) else 'not a PyTorch checkpoint')
+        raise CheckpointError(f'{path}: {hint} '
+                              f'({type(e).__name__}: {str(e).splitlines()[0][:120]})') from None
+
 
 # %% ../nbs/14_checkpoints.ipynb #89e87ef1
 MMPRETRAIN_KEYS = [  # (mmpretrain, ours), applied in order to every key
-    (r'^backbone\.', ''), (r'^encoder\.', 'blocks.'), (r'\.ln1\.', '.norm1.'), (r'\.ln2\.', '.norm2.'),
-    (r'\.ffn\.layers\.0\.0\.', '.mlp.fc1.'), (r'\.ffn\.layers\.1\.', '.mlp.fc2.'), (r'^head\.layers\.head\.', 'head.')]
+    (r'^backbone\.', ''), (r'^encoder\.', 'blocks.'), (r'\.ln1\.', '.norm1.'),
+    (r'\.ln2\.', '.norm2.'), (r'\.ffn\.layers\.0\.0\.', '.mlp.fc1.'),
+    (r'\.ffn\.layers\.1\.', '.mlp.fc2.'), (r'^head\.layers\.head\.', 'head.')]
 
 def from_mmpretrain(sd:dict) -> dict:
     "Rename an mmpretrain T2T-ViT state dict to the official keys."
@@ -66,60 +77,82 @@ def to_mmpretrain(sd:dict) -> dict:
     out = {}
     for k, v in sd.items():
         k = re.sub(r'^blocks\.', 'encoder.', k)
-        k = k.replace('.norm1.', '.ln1.').replace('.norm2.', '.ln2.').replace('.mlp.fc1.', '.ffn.layers.0.0.').replace('.mlp.fc2.', '.ffn.layers.1.')
+        k = (k.replace('.norm1.', '.ln1.').replace('.norm2.', '.ln2.')
+             .replace('.mlp.fc1.', '.ffn.layers.0.0.').replace('.mlp.fc2.', '.ffn.layers.1.'))
         out[('head.layers.' + k) if k.startswith('head.') else 'backbone.' + k] = v
     return out
 
 def extract_state_dict(ckpt:dict, use_ema:bool=True, path='checkpoint') -> tuple:
-    "Pick the state dict out of any known layout and normalise its keys; returns (state_dict, where it was found)."
-    if not isinstance(ckpt, dict): raise CheckpointError(f'{path}: holds a {type(ckpt).__name__}, not a checkpoint dict')
+    ("Pick the state dict out of any known layout and normalise its keys; "
+     "returns (state_dict, where it was found).")
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f'{path}: holds a {type(ckpt).__name__}, not a checkpoint dict')
     for key in (['state_dict_ema'] if use_ema else []) + ['state_dict', 'model', 'net', 'module']:
         if isinstance(ckpt.get(key), dict) and ckpt[key]: sd, found = ckpt[key], key; break
     else:
-        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()): sd, found = ckpt, 'bare state dict'
-        else: raise CheckpointError(f'{path}: no state dict in it (top-level keys: {sorted(ckpt)[:10]})')
+        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            sd, found = ckpt, 'bare state dict'
+        else: raise CheckpointError(f'{path}: no state dict in it '
+                                    f'(top-level keys: {sorted(ckpt)[:10]})')
     sd = {re.sub(r'^(module\.|_orig_mod\.)+', '', k): v for k, v in sd.items()}
-    if any(k.startswith('backbone.') for k in sd): sd, found = from_mmpretrain(sd), found + ' (mmpretrain keys)'
+    if any(k.startswith('backbone.') for k in sd):
+        sd, found = from_mmpretrain(sd), found + ' (mmpretrain keys)'
+
     return sd, found
 
 # %% ../nbs/14_checkpoints.ipynb #72a3eec1
 def resample_pos_embed(pos_embed:torch.Tensor, # (1, 1 + g*g, D): class token then a g x g grid
                        num_tokens:int,          # target length 1 + G*G
                       ) -> torch.Tensor:
-    "Resize the grid part of a position table bicubically to `num_tokens - 1` cells; the class token is kept."
+    ("Resize the grid part of a position table bicubically to `num_tokens - 1` cells; "
+     "the class token is kept.")
     g_new = round((num_tokens - 1) ** .5)
-    if g_new * g_new != num_tokens - 1: raise ValueError(f'{num_tokens - 1} grid tokens are not a square grid')
-    return resample_abs_pos_embed(pos_embed, (g_new, g_new), num_prefix_tokens=1, interpolation='bicubic', antialias=False)
+    if g_new * g_new != num_tokens - 1:
+        raise ValueError(f'{num_tokens - 1} grid tokens are not a square grid')
+    return resample_abs_pos_embed(pos_embed, (g_new, g_new), num_prefix_tokens=1,
+                                  interpolation='bicubic', antialias=False)
+
 
 # %% ../nbs/14_checkpoints.ipynb #d817aa37
 def checkpoint_filter_fn(state_dict:dict, model:nn.Module) -> dict:
-    "timm-style filter: official/mmpretrain keys, `pos_embed` resampled to the model, a head of another size dropped."
-    sd, _ = extract_state_dict(state_dict, use_ema=False) if 'state_dict' in state_dict else (state_dict, None)
+    ("timm-style filter: official/mmpretrain keys, `pos_embed` resampled to the model, "
+     "a head of another size dropped.")
+    sd, _ = (extract_state_dict(state_dict, use_ema=False) if 'state_dict' in state_dict
+             else (state_dict, None))
     sd = {re.sub(r'^(module\.|_orig_mod\.)+', '', k): v for k, v in sd.items()}
     if any(k.startswith('backbone.') for k in sd): sd = from_mmpretrain(sd)
     own = model.state_dict()
-    if 'pos_embed' in sd and 'pos_embed' in own and sd['pos_embed'].shape[1] != own['pos_embed'].shape[1] \
+    if 'pos_embed' in sd and 'pos_embed' in own \
+            and sd['pos_embed'].shape[1] != own['pos_embed'].shape[1] \
             and sd['pos_embed'].shape[2] == own['pos_embed'].shape[2]:
         sd['pos_embed'] = resample_pos_embed(sd['pos_embed'].float(), own['pos_embed'].shape[1])
-    if 'head.weight' in sd and ('head.weight' not in own or sd['head.weight'].shape != own['head.weight'].shape):
-        theirs, ours = ' x '.join(map(str, sd['head.weight'].shape)), ' x '.join(map(str, own['head.weight'].shape)) if 'head.weight' in own else 'none'
-        warnings.warn(f'the checkpoint head is {theirs} (classes x width), the model head {ours}: the head is not loaded and stays freshly initialised')
+    if 'head.weight' in sd and ('head.weight' not in own
+                                or sd['head.weight'].shape != own['head.weight'].shape):
+        theirs, ours = ' x '.join(map(str, sd['head.weight'].shape)), (
+            ' x '.join(map(str, own['head.weight'].shape)) if 'head.weight' in own else 'none')
+        warnings.warn(f'the checkpoint head is {theirs} (classes x width), the model head {ours}: '
+                      'the head is not loaded and stays freshly initialised')
         sd = {k: v for k, v in sd.items() if not k.startswith('head.')}
     return sd
 
 def guess_variant(sd:dict) -> list:
-    "Names of the variants whose architecture fits the shapes of state dict `sd` (several when only num_heads differs)."
+    ("Names of the variants whose architecture fits the shapes of state dict `sd` "
+     "(several when only num_heads differs).")
     if 'cls_token' not in sd: return []
     D = sd['cls_token'].shape[-1]
     depth = 1 + max((int(k.split('.')[1]) for k in sd if k.startswith('blocks.')), default=-1)
-    tt = ('performer' if 'tokens_to_token.attention1.kqv.weight' in sd else 'transformer' if 'tokens_to_token.attention1.attn.qkv.weight' in sd
+    tt = ('performer' if 'tokens_to_token.attention1.kqv.weight' in sd
+          else 'transformer' if 'tokens_to_token.attention1.attn.qkv.weight' in sd
           else 'convolution' if 'tokens_to_token.soft_split0.weight' in sd else 'patch')
     ratio = sd['blocks.0.mlp.fc1.weight'].shape[0] / D if 'blocks.0.mlp.fc1.weight' in sd else None
-    return [n for n, v in VARIANTS.items() if (v['tokens_type'], v['embed_dim'], v['depth'], v['mlp_ratio']) == (tt, D, depth, ratio)]
+    return [n for n, v in VARIANTS.items() if (v['tokens_type'], v['embed_dim'], v['depth'],
+                                               v['mlp_ratio']) == (tt, D, depth, ratio)]
+
 
 # %% ../nbs/14_checkpoints.ipynb #c7a0e002
 def unusable_tensors(sd:dict, own:dict) -> list:
-    "'key (dtype)' for each entry of `sd` that cannot stand for the model's floating-point tensor `own[key]`: int, bool, complex, not a tensor."
+    ("'key (dtype)' for each entry of `sd` that cannot stand for the model's floating-point "
+     "tensor `own[key]`: int, bool, complex, not a tensor.")
     bad = []
     for k, v in sd.items():
         if k not in own or not own[k].is_floating_point(): continue
@@ -128,80 +161,101 @@ def unusable_tensors(sd:dict, own:dict) -> list:
     return bad
 
 def nonfinite_report(sd:dict, path='checkpoint', where:str='state_dict') -> str:
-    "A one-line description of the NaN/infinite values in the floating-point tensors of `sd`, or '' when all are finite."
+    ("A one-line description of the NaN/infinite values in the floating-point tensors of `sd`, "
+     "or '' when all are finite.")
     bad = {k: int((~torch.isfinite(v)).sum()) for k, v in sd.items()
            if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()}
     if not bad: return ''
     n = sum(bad.values())
-    return (f'{path} ({where}) holds {n} NaN/infinite value{"s" if n != 1 else ""} in {len(bad)} of {len(sd)} tensors '
-            f'(first: {next(iter(bad))}); the run that saved it diverged')
+    return (f'{path} ({where}) holds {n} NaN/infinite value{"s" if n != 1 else ""} '
+            f'in {len(bad)} of {len(sd)} tensors (first: {next(iter(bad))}); '
+            'the run that saved it diverged')
+
 
 
 # %% ../nbs/14_checkpoints.ipynb #4c744697
 def load_checkpoint(model:nn.Module,   # a T2T-ViT (any img_size, num_classes)
-                    path,               # official .pth.tar, mmpretrain .pth, our checkpoints, .safetensors, a bare state dict
-                    use_ema:bool=True,  # take `state_dict_ema` when the file has one (as the official evaluation does)
+                    path, # official .pth.tar, mmpretrain .pth, ours, .safetensors, bare state dict
+                    use_ema:bool=True,  # prefer `state_dict_ema` (as the official evaluation does)
                     strict:bool=True,   # every other key and shape must match
-                    allow_nonfinite:bool=False,  # load weights with NaN or infinity (refused by default)
+                    allow_nonfinite:bool=False,  # load weights with NaN or inf (refused by default)
                    ) -> dict:
-    "Load weights from any known T2T-ViT file into `model`, safely; returns what was loaded from where."
+    ("Load weights from any known T2T-ViT file into `model`, safely; "
+     "returns what was loaded from where.")
     ckpt = read_checkpoint(path)
     sd, where = extract_state_dict(ckpt, use_ema, path)
     meta = ckpt.get('metadata') or {}
     unusable = unusable_tensors(sd, model.state_dict())
-    if unusable: raise CheckpointError(f'{path} ({where}): {len(unusable)} tensor{"s" if len(unusable) > 1 else ""} '
-                                       f'of no floating-point type where the model has float weights: {", ".join(unusable[:5])}; '
-                                       'a cast would change them silently, so nothing was loaded')
+    if unusable: raise CheckpointError(
+        f'{path} ({where}): {len(unusable)} tensor{"s" if len(unusable) > 1 else ""} of no '
+        f'floating-point type where the model has float weights: {", ".join(unusable[:5])}; '
+        'a cast would change them silently, so nothing was loaded')
     sd = checkpoint_filter_fn(sd, model)
     own = model.state_dict()
     missing = [k for k in own if k not in sd and not k.startswith('head.')]
     unexpected = [k for k in sd if k not in own]
-    wrong = [f'{k}: file {tuple(sd[k].shape)}, model {tuple(own[k].shape)}' for k in sd if k in own and sd[k].shape != own[k].shape]
+    wrong = [f'{k}: file {tuple(sd[k].shape)}, model {tuple(own[k].shape)}'
+             for k in sd if k in own and sd[k].shape != own[k].shape]
     if strict and (missing or unexpected or wrong):
         arch = getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__)
         guess = guess_variant(sd)
         lines = [f'{path} does not fit the model {arch}:'] + [f'  shape {w}' for w in wrong[:8]] + \
-                [f'  missing in file: {k}' for k in missing[:5]] + [f'  not in model: {k}' for k in unexpected[:5]]
-        lines.append(f'  the file looks like {" or ".join(guess)}: create_model({guess[0]!r})' if guess else '  no known variant has these shapes')
-        if meta.get('variant'): lines.append(f"  (its metadata says variant={meta['variant']}, img_size={meta.get('img_size')})")
+                [f'  missing in file: {k}' for k in missing[:5]] + \
+                [f'  not in model: {k}' for k in unexpected[:5]]
+        lines.append(f'  the file looks like {" or ".join(guess)}: create_model({guess[0]!r})'
+                     if guess else '  no known variant has these shapes')
+        if meta.get('variant'): lines.append(f"  (its metadata says variant={meta['variant']}, "
+                                             f"img_size={meta.get('img_size')})")
         raise CheckpointError('\n'.join(lines))
     sd = {k: v for k, v in sd.items() if k in own and sd[k].shape == own[k].shape}
     bad = '' if allow_nonfinite else nonfinite_report(sd, path, where)
-    if bad: raise CheckpointError(f'{bad}; nothing was loaded (allow_nonfinite=True loads it anyway)')
+    if bad: raise CheckpointError(f'{bad}; nothing was loaded '
+                                  '(allow_nonfinite=True loads it anyway)')
     model.load_state_dict(sd, strict=False)
-    return dict(path=str(path), source=where, loaded=len(sd), missing=missing, skipped=unexpected + wrong,
-                epoch=ckpt.get('epoch'), metric=ckpt.get('metric', ckpt.get('acc')), metadata=meta)
+    return dict(path=str(path), source=where, loaded=len(sd), missing=missing,
+                skipped=unexpected + wrong, epoch=ckpt.get('epoch'),
+                metric=ckpt.get('metric', ckpt.get('acc')), metadata=meta)
 
-_models._load_file[:] = [load_checkpoint]   # what create_model(..., pretrained=True) loads files with
+# what create_model(..., pretrained=True) loads files with
+_models._load_file[:] = [load_checkpoint]
+
 
 # %% ../nbs/14_checkpoints.ipynb #5898f5a1
 def model_config(model:nn.Module) -> dict:
-    "The T2TViT keyword arguments that rebuild `model`'s architecture, read from its modules (img_size, num_classes included)."
+    ("The T2TViT keyword arguments that rebuild `model`'s architecture, read from its modules "
+     "(img_size, num_classes included).")
     t2t, blk = model.tokens_to_token, model.blocks[0]
     sd = {k: v.shape for k, v in t2t.state_dict().items()}
-    kw = dict(img_size=model.img_size, num_classes=model.num_classes, in_chans=model.in_chans, tokens_type=model.tokens_type,
-              embed_dim=model.embed_dim, depth=len(model.blocks), num_heads=blk.attn.num_heads,
-              mlp_ratio=blk.mlp.fc1.out_features / model.embed_dim, qkv_bias=blk.attn.qkv.bias is not None,
-              schedule=[list(x) for x in t2t.schedule])
-    if 'attention1.kqv.weight' in sd:                     # Performer: kqv is (3 * token_dim, .), w is (m, token_dim)
-        kw['token_dim'] = sd['attention1.kqv.weight'][0] // 3; kw['kernel_ratio'] = sd['attention1.w'][0] / kw['token_dim']
-    elif 'attention1.attn.qkv.weight' in sd: kw['token_dim'] = sd['attention1.attn.qkv.weight'][0] // 3
+    kw = dict(img_size=model.img_size, num_classes=model.num_classes, in_chans=model.in_chans,
+              tokens_type=model.tokens_type, embed_dim=model.embed_dim, depth=len(model.blocks),
+              num_heads=blk.attn.num_heads, mlp_ratio=blk.mlp.fc1.out_features / model.embed_dim,
+              qkv_bias=blk.attn.qkv.bias is not None, schedule=[list(x) for x in t2t.schedule])
+    if 'attention1.kqv.weight' in sd:  # Performer: kqv is (3 * token_dim, .), w is (m, token_dim)
+        kw['token_dim'] = sd['attention1.kqv.weight'][0] // 3
+        kw['kernel_ratio'] = sd['attention1.w'][0] / kw['token_dim']
+    elif 'attention1.attn.qkv.weight' in sd:
+        kw['token_dim'] = sd['attention1.attn.qkv.weight'][0] // 3
     elif 'soft_split0.weight' in sd: kw['token_dim'] = sd['soft_split0.weight'][0]
     return kw
 
 def save_checkpoint(model:nn.Module, path,
                     variant:str=None,        # default: the model's timm architecture name
-                    class_names:list=None,   # default: the model's pretrained_cfg['label_names'], if any
+                    class_names:list=None,   # default: model.pretrained_cfg['label_names'], if any
                    ) -> Path:
-    "Export `model`'s weights to a `.safetensors` file whose metadata rebuilds the model (variant, kwargs, class names), atomically."
+    ("Export `model`'s weights to a `.safetensors` file whose metadata rebuilds the model "
+     "(variant, kwargs, class names), atomically.")
     from safetensors.torch import save_file
     path = Path(path)
-    if path.suffix != '.safetensors': raise ValueError(f'save_checkpoint writes .safetensors files; got {path.name}')
+    if path.suffix != '.safetensors':
+        raise ValueError(f'save_checkpoint writes .safetensors files; got {path.name}')
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     variant = variant or cfg.get('architecture', '')
     class_names = class_names if class_names is not None else cfg.get('label_names')
-    meta = dict(variant=variant, img_size=str(getattr(model, 'img_size', '')), num_classes=str(getattr(model, 'num_classes', '')), format='t2t_vit_lite')
-    if hasattr(model, 'tokens_to_token'): meta['model_kwargs'] = json.dumps(model_config(model))   # a T2TViT; else weights and the basic fields only
+    meta = dict(variant=variant, img_size=str(getattr(model, 'img_size', '')),
+                num_classes=str(getattr(model, 'num_classes', '')), format='t2t_vit_lite')
+    # a T2TViT; else weights and the basic fields only
+    if hasattr(model, 'tokens_to_token'): meta['model_kwargs'] = json.dumps(model_config(model))
+
     if class_names is not None: meta['class_names'] = json.dumps(list(class_names))
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))

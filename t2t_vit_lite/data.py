@@ -27,7 +27,8 @@ class DataError(ValueError):
     "A data folder that cannot be used; the message says what was expected."
 
 def is_hidden(path, root) -> bool:
-    "True when a part of `path` below `root` starts with a dot (`.ipynb_checkpoints/`, `.DS_Store`, ...)."
+    ("True when a part of `path` below `root` starts with a dot "
+     "(`.ipynb_checkpoints/`, `.DS_Store`, ...).")
     return any(part.startswith('.') for part in Path(path).relative_to(root).parts)
 
 def is_image(path, root) -> bool:
@@ -39,25 +40,33 @@ def class_folders(path) -> list:
     return [d for d in sorted(Path(path).iterdir()) if d.is_dir() and not d.name.startswith('.')]
 
 def walk_once(folder) -> list:
-    "(folder, sorted file names) for `folder` and each folder below it, sorted; links are followed, but each real folder once, so a link loop ends."
+    ("(folder, sorted file names) for `folder` and each folder below it, sorted; "
+     "links are followed, but each real folder once, so a link loop ends.")
     seen, found = set(), []
     for root, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
-        if real in seen: dirs.clear(); continue              # reached again through a link: a loop or a second way in
+        # reached again through a link: a loop or a second way in
+        if real in seen: dirs.clear(); continue
         seen.add(real); found.append((root, sorted(files)))
-    return sorted(found)                                     # the order torchvision's make_dataset lists files in
+    return sorted(found)  # the order torchvision's make_dataset lists files in
 
 def _has_image(folder:Path) -> bool:
-    return any(is_image(os.path.join(r, f), folder) for r, files in walk_once(folder) for f in files)
+    return any(is_image(os.path.join(r, f), folder)
+               for r, files in walk_once(folder) for f in files)
 
 def check_class_folder(path:Path, what:str='data'):
-    "Return `path` if each of its class sub-folders holds an image, else raise a DataError saying what is missing."
+    ("Return `path` if each of its class sub-folders holds an image, "
+     "else raise a DataError saying what is missing.")
     if not path.is_dir(): raise DataError(f'{what} folder {path} does not exist')
     classes = class_folders(path)
-    if not classes: raise DataError(f'{what} folder {path} has no class sub-folders; expected {path}/<class>/<image>')
+    if not classes: raise DataError(f'{what} folder {path} has no class sub-folders; '
+                                    f'expected {path}/<class>/<image>')
     empty = [d.name for d in classes if not _has_image(d)]
-    if len(empty) == len(classes): raise DataError(f'{what} folder {path} holds no images ({", ".join(IMG_EXTENSIONS)}) in its class folders')
-    if empty: raise DataError(f'{what} folder {path} has class folders without images: {", ".join(empty[:10])}; add images or remove them')
+    if len(empty) == len(classes):
+        raise DataError(f'{what} folder {path} holds no images ({", ".join(IMG_EXTENSIONS)}) '
+                        'in its class folders')
+    if empty: raise DataError(f'{what} folder {path} has class folders without images: '
+                              f'{", ".join(empty[:10])}; add images or remove them')
     return path
 
 def check_same_classes(train_dir:Path, val_dir:Path):
@@ -65,20 +74,26 @@ def check_same_classes(train_dir:Path, val_dir:Path):
     a, b = [d.name for d in class_folders(train_dir)], [d.name for d in class_folders(val_dir)]
     if a == b: return a
     only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
-    raise DataError(f'{train_dir.name}/ and {val_dir.name}/ of {train_dir.parent} have different class folders: '
-                    f'only in {train_dir.name}/: {", ".join(only_a[:10]) or "none"}; only in {val_dir.name}/: {", ".join(only_b[:10]) or "none"}; '
-                    f'give both the same class folders')
+    raise DataError(f'{train_dir.name}/ and {val_dir.name}/ of {train_dir.parent} have '
+                    f'different class folders: only in {train_dir.name}/: '
+                    f'{", ".join(only_a[:10]) or "none"}; only in {val_dir.name}/: '
+                    f'{", ".join(only_b[:10]) or "none"}; give both the same class folders')
+
 
 def split_dirs(root, # folder with train/ and val/ (or validation/) inside
                need_train:bool=True) -> tuple:
     "(train_dir, val_dir) of an ImageNet-style folder, or a DataError naming what is missing."
     root = Path(root)
-    if root.is_file(): raise DataError(f'data folder {root} is a file; give the folder that holds train/ and val/')
+    if root.is_file(): raise DataError(f'data folder {root} is a file; '
+                                       'give the folder that holds train/ and val/')
     if not root.is_dir(): raise DataError(f'data folder {root} does not exist')
     val = next((root / n for n in ('val', 'validation') if (root / n).is_dir()), None)
     if need_train and not (root / 'train').is_dir():
-        raise DataError(f'data folder {root} lacks train/; expected {root}/train/<class>/<image> and {root}/val/<class>/<image>')
-    if val is None: raise DataError(f'data folder {root} lacks val/; expected {root}/val/<class>/<image>')
+        raise DataError(f'data folder {root} lacks train/; expected {root}/train/<class>/<image> '
+                        f'and {root}/val/<class>/<image>')
+    if val is None: raise DataError(f'data folder {root} lacks val/; '
+                                    f'expected {root}/val/<class>/<image>')
+
     if not need_train: return None, check_class_folder(val, 'val')
     train = check_class_folder(root / 'train', 'train'); check_class_folder(val, 'val')
     check_same_classes(train, val)
@@ -86,101 +101,130 @@ def split_dirs(root, # folder with train/ and val/ (or validation/) inside
 
 # %% ../nbs/15_data.ipynb #24222112
 def load_rgb(path):
-    "Open any image PIL reads as 8-bit RGB with its real contrast: 16-bit and 32-bit grey scaled down, palette, CMYK and alpha converted."
+    ("Open any image PIL reads as 8-bit RGB with its real contrast: "
+     "16-bit and 32-bit grey scaled down, palette, CMYK and alpha converted.")
     from PIL import Image
     with Image.open(path) as im:
         im.load()
-        if im.mode.startswith('I') or im.mode == 'F':                 # I;16, I;16B, I (32-bit), F: scale, do not clip
+        # I;16, I;16B, I (32-bit), F: scale, do not clip
+        if im.mode.startswith('I') or im.mode == 'F':
             a = np.asarray(im, dtype=np.float64)
             top = 65535. if im.mode.startswith('I;16') or a.max() > 255 else 255.
             if im.mode == 'F' and a.max() <= 1.: top = 1.
-            return Image.fromarray(np.clip(a * 255. / top + .5, 0, 255).astype(np.uint8)).convert('RGB')
+            return Image.fromarray(
+                np.clip(a * 255. / top + .5, 0, 255).astype(np.uint8)).convert('RGB')
         if im.mode == 'P': im = im.convert('RGBA' if 'transparency' in im.info else 'RGB')
         return im.convert('RGB')
 
 class SafeImageFolder(ImageFolder):
-    "`ImageFolder` of visible files only, any image mode read as RGB; an unreadable image, or one the transform fails on, is `None` with the reason (dropped by `collate_skip`)."
+    ("`ImageFolder` of visible files only, any image mode read as RGB; an unreadable image, "
+     "or one the transform fails on, is `None` with the reason (dropped by `collate_skip`).")
     def __init__(self, root, transform=None, **kwargs):
-        super().__init__(root, transform=transform, loader=load_rgb, is_valid_file=lambda p: is_image(p, root), **kwargs)
+        super().__init__(root, transform=transform, loader=load_rgb,
+                         is_valid_file=lambda p: is_image(p, root), **kwargs)
 
     @staticmethod
-    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False) -> list:
-        "(path, class index) of each valid file, as torchvision lists them, but with `walk_once`: a link loop is not followed round."
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None,
+                     allow_empty=False) -> list:
+        ("(path, class index) of each valid file, as torchvision lists them, but with `walk_once`: "
+         "a link loop is not followed round.")
         valid = is_valid_file or (lambda p: p.lower().endswith(extensions or IMG_EXTENSIONS))
         samples = [(os.path.join(r, f), i) for c, i in sorted(class_to_idx.items())
-                   for r, files in walk_once(os.path.join(directory, c)) for f in files if valid(os.path.join(r, f))]
-        empty = sorted(set(class_to_idx) - {c for c, i in class_to_idx.items() if any(j == i for _, j in samples)})
-        if empty and not allow_empty: raise DataError(f'{directory}: class folders without images: {", ".join(empty[:10])}')
+                   for r, files in walk_once(os.path.join(directory, c)) for f in files
+                   if valid(os.path.join(r, f))]
+        empty = sorted(set(class_to_idx)
+                       - {c for c, i in class_to_idx.items() if any(j == i for _, j in samples)})
+        if empty and not allow_empty:
+            raise DataError(f'{directory}: class folders without images: {", ".join(empty[:10])}')
         return samples
 
     def find_classes(self, directory):
         classes = [d.name for d in class_folders(directory)]
-        if not classes: raise DataError(f'{directory} has no class sub-folders; expected {directory}/<class>/<image>')
+        if not classes: raise DataError(f'{directory} has no class sub-folders; '
+                                        f'expected {directory}/<class>/<image>')
         return classes, {c: i for i, c in enumerate(classes)}
 
-    def __getitem__(self, index):  # (image, target), or (None, path, reason) for a file that cannot be used
+    def __getitem__(self, index):  # (image, target), or (None, path, reason) for an unusable file
         path, target = self.samples[index]
         try: sample = self.loader(path)
         except Exception as e: return None, path, f'unreadable: {type(e).__name__}: {e}'
         try: sample = sample if self.transform is None else self.transform(sample)
-        except Exception as e: return None, path, f'read, but the transform failed: {type(e).__name__}: {e}'   # not the file's fault: say so
+        except Exception as e:  # not the file's fault: say so
+            return None, path, f'read, but the transform failed: {type(e).__name__}: {e}'
         return sample, target if self.target_transform is None else self.target_transform(target)
 
-def require_images(result:dict, # `evaluate`'s result, or a training epoch's: `images`, `skipped`, maybe `skipped_files`
+def require_images(result:dict, # `evaluate`'s or an epoch's: images, skipped, maybe skipped_files
                    folder, what:str='validation'):
-    "A DataError when not one image of `folder` could be used: how many files were skipped, and the first reason."
+    ("A DataError when not one image of `folder` could be used: how many files were skipped, "
+     "and the first reason.")
     if result['images'] > 0: return
     first, n = result.get('skipped_files') or [], result.get('skipped', 0)
     why = f' (first: {first[0][0]}: {first[0][1]})' if first else ''
-    raise DataError(f'not one image of the {what} folder {folder} could be used: {n} file{"s" if n != 1 else ""} skipped{why}; '
+    raise DataError(f'not one image of the {what} folder {folder} could be used: '
+                    f'{n} file{"s" if n != 1 else ""} skipped{why}; '
                     'replace or remove the broken files')
 
 def collate_skip(batch:list) -> tuple:
-    "Collate (image, target) pairs, dropping the unusable ones: returns (images, targets, [(path, reason), ...])."
+    ("Collate (image, target) pairs, dropping the unusable ones: "
+     "returns (images, targets, [(path, reason), ...]).")
+
     good = [b for b in batch if b[0] is not None]
     skipped = [(b[1], b[2]) for b in batch if b[0] is None]
     if not good: return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
     return torch.stack([b[0] for b in good]), torch.tensor([b[1] for b in good]), skipped
 
 # %% ../nbs/15_data.ipynb #a4b8e4fe
-PAPER_AUG = dict(scale=(0.08, 1.0), hflip=0.5, auto_augment='rand-m9-mstd0.5-inc1', re_prob=0.25, re_mode='pixel',
-                 re_count=1, interpolation='bicubic', mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
-PAPER_MIXUP = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode='batch', label_smoothing=0.1)
-# these two dicts are the augmentation half of the recipe; chapter 16's RECIPE reads its values from them
+PAPER_AUG = dict(scale=(0.08, 1.0), hflip=0.5, auto_augment='rand-m9-mstd0.5-inc1', re_prob=0.25,
+                 re_mode='pixel', re_count=1, interpolation='bicubic',
+                 mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
+PAPER_MIXUP = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode='batch',
+                   label_smoothing=0.1)
+# the augmentation half of the recipe: chapter 16's RECIPE reads its values from these two dicts
 
 def augment_ops(tf) -> list:
-    "Every timm `AugmentOp` inside a transform: Compose, RandAugment, AutoAugment's sub-policies, AugMix, or a tuple of them."
+    ("Every timm `AugmentOp` inside a transform: "
+     "Compose, RandAugment, AutoAugment's sub-policies, AugMix, or a tuple of them.")
     if isinstance(tf, AugmentOp): return [tf]
-    kids = tf if isinstance(tf, (list, tuple)) else getattr(tf, 'transforms', None) or getattr(tf, 'ops', None) or getattr(tf, 'policy', None)
+    kids = tf if isinstance(tf, (list, tuple)) else (
+        getattr(tf, 'transforms', None) or getattr(tf, 'ops', None) or getattr(tf, 'policy', None))
     return [op for k in (kids or []) for op in augment_ops(k)]
 
 def posterize_any_bits(img, bits_to_keep:int, **kwargs):
-    "timm's posterize, with 0 bits allowed: nothing kept is a black image (older Pillow's answer; newer Pillow raises ValueError)."
-    return img.point(lambda _: 0) if bits_to_keep < 1 else timm_posterize(img, bits_to_keep, **kwargs)
+    ("timm's posterize, with 0 bits allowed: nothing kept is a black image "
+     "(older Pillow's answer; newer Pillow raises ValueError).")
+    return (img.point(lambda _: 0) if bits_to_keep < 1
+            else timm_posterize(img, bits_to_keep, **kwargs))
 
 def fix_posterize(tf):
-    "`tf` with each of timm's posterize ops using `posterize_any_bits`, so that RandAugment at its top magnitude cannot fail."
+    ("`tf` with each of timm's posterize ops using `posterize_any_bits`, "
+     "so that RandAugment at its top magnitude cannot fail.")
     for op in augment_ops(tf):
         if op.aug_fn is timm_posterize: op.aug_fn = posterize_any_bits
     return tf
 
 def train_transform(img_size:int=224, **overrides):
-    "The paper's training transform (timm), any value of `PAPER_AUG` overridable; posterize to 0 bits gives a black image, not an error."
+    ("The paper's training transform (timm), any value of `PAPER_AUG` overridable; "
+     "posterize to 0 bits gives a black image, not an error.")
     return fix_posterize(create_transform(img_size, is_training=True, **{**PAPER_AUG, **overrides}))
 
-def eval_transform(img_size:int=224, crop_pct:float=0.9, interpolation:str='bicubic', mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD):
+def eval_transform(img_size:int=224, crop_pct:float=0.9, interpolation:str='bicubic',
+                   mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD):
     "Evaluation transform: resize to img_size / crop_pct, centre crop img_size, normalise."
-    return create_transform(img_size, is_training=False, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std)
+    return create_transform(img_size, is_training=False, crop_pct=crop_pct,
+                            interpolation=interpolation, mean=mean, std=std)
 
 def make_mixup(num_classes:int, **overrides):
     "timm's Mixup/CutMix with the paper's settings (returns None when both alphas are 0)."
     cfg = {**PAPER_MIXUP, **overrides}
-    return Mixup(num_classes=num_classes, **cfg) if cfg['mixup_alpha'] > 0 or cfg['cutmix_alpha'] > 0 else None
+    return (Mixup(num_classes=num_classes, **cfg)
+            if cfg['mixup_alpha'] > 0 or cfg['cutmix_alpha'] > 0 else None)
+
 
 # %% ../nbs/15_data.ipynb #32ff7e47
 def digits_folder(root,                  # where to write DATA/train and DATA/val
                   val_fraction:float=0.2, seed:int=0) -> Path:
-    "Write scikit-learn's digits as an ImageFolder (train/val, one folder per digit) once; return `root`."
+    ("Write scikit-learn's digits as an ImageFolder "
+     "(train/val, one folder per digit) once; return `root`.")
     root = Path(root)
     if (root / '.complete').exists(): return root
     from sklearn.datasets import load_digits
@@ -192,40 +236,54 @@ def digits_folder(root,                  # where to write DATA/train and DATA/va
         rng.shuffle(idx)
         n_val = round(len(idx) * val_fraction)
         for k, i in enumerate(idx):
-            d = root / ('val' if k < n_val else 'train') / str(label); d.mkdir(parents=True, exist_ok=True)
-            Image.fromarray((digits.images[i] * 255 / 16).astype('uint8')).convert('RGB').save(d / f'{i:04d}.png')
+            d = root / ('val' if k < n_val else 'train') / str(label)
+            d.mkdir(parents=True, exist_ok=True)
+            (Image.fromarray((digits.images[i] * 255 / 16).astype('uint8')).convert('RGB')
+             .save(d / f'{i:04d}.png'))
     (root / '.complete').touch()
     return root
 
-DEMO_AUG = dict(scale=(0.6, 1.0), ratio=(0.8, 1.25), hflip=0., auto_augment=None, re_prob=0., interpolation='bicubic')   # digits: no flips
+DEMO_AUG = dict(scale=(0.6, 1.0), ratio=(0.8, 1.25), hflip=0.,   # digits: no flips
+                auto_augment=None, re_prob=0., interpolation='bicubic')
+
 
 # %% ../nbs/15_data.ipynb #bf793d88
 class ResumableSampler(DistributedSampler):
-    "A `DistributedSampler` whose epoch can start part-way: `set_epoch(epoch, start)` skips this rank's first `start` indices."
+    ("A `DistributedSampler` whose epoch can start part-way: "
+     "`set_epoch(epoch, start)` skips this rank's first `start` indices.")
     def __init__(self, *args, **kwargs): super().__init__(*args, **kwargs); self.start = 0
     def set_epoch(self, epoch:int, start:int=0): super().set_epoch(epoch); self.start = start
     def __iter__(self): return itertools.islice(super().__iter__(), self.start, None)
     def __len__(self): return self.num_samples - self.start
 
 class ShardSampler(Sampler):
-    "Indices rank, rank + world, ...: disjoint shards that cover the data set exactly once (no padding)."
-    def __init__(self, n:int, rank:int=0, world:int=1): self.n, self.rank, self.world = n, rank, world
+    ("Indices rank, rank + world, ...: "
+     "disjoint shards that cover the data set exactly once (no padding).")
+    def __init__(self, n:int, rank:int=0, world:int=1):
+        self.n, self.rank, self.world = n, rank, world
     def __iter__(self): return iter(range(self.rank, self.n, self.world))
     def __len__(self): return len(range(self.rank, self.n, self.world))
 
 def ignore_stop_signals(worker_id:int=0):
-    "DataLoader `worker_init_fn`: workers ignore SIGTERM/SIGUSR1, the training process handles them."
+    ("DataLoader `worker_init_fn`: workers ignore SIGTERM/SIGUSR1, "
+     "the training process handles them.")
     for s in (signal.SIGTERM, getattr(signal, 'SIGUSR1', None)):
         if s is not None: signal.signal(s, signal.SIG_IGN)
 
 def make_loader(dataset, batch_size:int, train:bool, workers:int=2, seed:int=0,
-                world:int=None,    # number of processes: a ResumableSampler for `rank` when given (also for 1)
+                world:int=None,  # process count: when given (even 1), a ResumableSampler for `rank`
+
                 rank:int=0, drop_last:bool=None,
                 pin_memory:bool=None):  # page-locked batches (default: when CUDA is available)
-    "DataLoader with `collate_skip`; with `world`, a `ResumableSampler` (shuffled for training) for this rank's shard."
-    sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=seed, drop_last=False) if world else None
+    ("DataLoader with `collate_skip`; "
+     "with `world`, a `ResumableSampler` (shuffled for training) for this rank's shard.")
+    sampler = (ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=seed,
+                                drop_last=False) if world else None)
     g = torch.Generator(); g.manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler, num_workers=workers,
-                      collate_fn=collate_skip, drop_last=train if drop_last is None else drop_last, generator=g,
-                      persistent_workers=workers > 0, pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None,
+                      sampler=sampler, num_workers=workers, collate_fn=collate_skip,
+                      drop_last=train if drop_last is None else drop_last, generator=g,
+                      persistent_workers=workers > 0,
+                      pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+
                       worker_init_fn=ignore_stop_signals if workers > 0 else None)

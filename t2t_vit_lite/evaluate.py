@@ -11,10 +11,12 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 import timm
 from .models import create_model, VARIANTS
-from .checkpoints import load_checkpoint, read_checkpoint, extract_state_dict, nonfinite_report, CheckpointError
-from .data import (SafeImageFolder, ShardSampler, collate_skip, eval_transform, split_dirs, check_class_folder, require_images,
-                               DataError)
-from .runtime import UsageError, setup_distributed, add_amp_argument, resolve_amp, evaluate, is_out_of_memory
+from .checkpoints import (load_checkpoint, read_checkpoint, extract_state_dict,
+                                      nonfinite_report, CheckpointError)
+from .data import (SafeImageFolder, ShardSampler, collate_skip, eval_transform,
+                               split_dirs, check_class_folder, require_images, DataError)
+from .runtime import (UsageError, setup_distributed, add_amp_argument, resolve_amp,
+                                  evaluate, is_out_of_memory)
 
 # %% auto #0
 __all__ = ['get_parser', 'model_spec', 'load_with_notes', 'check_weights', 'check_class_names', 'run', 'main']
@@ -22,64 +24,92 @@ __all__ = ['get_parser', 'model_spec', 'load_with_notes', 'check_weights', 'chec
 # %% ../nbs/18_evaluate.ipynb #48243ff2
 def get_parser():
     "The `t2t-eval` command line."
-    p = argparse.ArgumentParser('t2t-eval', description='Top-1/top-5 of a T2T-ViT checkpoint on an ImageNet-style folder.')
-    p.add_argument('--model', default=None, help=f'one of {", ".join(VARIANTS)} (default: from the checkpoint\'s args or metadata)')
-    p.add_argument('--checkpoint', required=True, help='official .pth.tar, mmpretrain, our checkpoint or .safetensors')
+    p = argparse.ArgumentParser('t2t-eval', description='Top-1/top-5 of a T2T-ViT checkpoint '
+                                                        'on an ImageNet-style folder.')
+    p.add_argument('--model', default=None,
+                   help=f'one of {", ".join(VARIANTS)} (default: from the checkpoint\'s args '
+                        'or metadata)')
+    p.add_argument('--checkpoint', required=True,
+                   help='official .pth.tar, mmpretrain, our checkpoint or .safetensors')
     p.add_argument('--data', required=True, help='DIR/val/<class>/<image> or DIR/<class>/<image>')
-    p.add_argument('--img-size', type=int, default=None, help='input size (default: the checkpoint\'s, else 224)')
-    p.add_argument('-b', '--batch-size', type=int, default=100, help='images per process and step (timm\'s convention)')
+    p.add_argument('--img-size', type=int, default=None,
+                   help='input size (default: the checkpoint\'s, else 224)')
+    p.add_argument('-b', '--batch-size', type=int, default=100,
+                   help='images per process and step (timm\'s convention)')
     p.add_argument('--workers', type=int, default=4)
-    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', choices=['cpu', 'cuda'])
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                   choices=['cpu', 'cuda'])
     add_amp_argument(p)
     p.add_argument('--no-ema', action='store_true', help='score the raw weights, not the EMA')
-    p.add_argument('--ignore-class-names', action='store_true', help='score a folder whose class names differ from the checkpoint\'s')
-    p.add_argument('--allow-nonfinite', action='store_true', help='score weights that hold NaN or infinity (with a warning)')
+    p.add_argument('--ignore-class-names', action='store_true',
+                   help='score a folder whose class names differ from the checkpoint\'s')
+    p.add_argument('--allow-nonfinite', action='store_true',
+                   help='score weights that hold NaN or infinity (with a warning)')
     p.add_argument('--json', action='store_true', help='print one JSON object instead of the table')
     return p
 
-def model_spec(args, # a command line's flags: .model and .img_size (None: not given) and .checkpoint (its path)
+def model_spec(args, # the flags: .model and .img_size (None: not given) and .checkpoint (its path)
                ckpt:dict) -> tuple:
-    "(name, keyword arguments, class names) of the model to build: --model, else our checkpoint's args or our export's metadata."
+    ("(name, keyword arguments, class names) of the model to build: "
+     "--model, else our checkpoint's args or our export's metadata.")
     saved = ckpt.get('args') if isinstance(ckpt, dict) else None
     saved = vars(saved) if isinstance(saved, argparse.Namespace) else (saved or {})
     meta = ckpt.get('metadata') or {}
     name = args.model or saved.get('model') or meta.get('variant')
-    if not name: raise UsageError(f'--model is needed: {args.checkpoint} does not say which variant it holds ({", ".join(VARIANTS)})')
+    if not name: raise UsageError(f'--model is needed: {args.checkpoint} does not say which '
+                                  f'variant it holds ({", ".join(VARIANTS)})')
     same = not args.model or args.model in (saved.get('model'), meta.get('variant'))
-    kw = dict(saved.get('model_kwargs') or json.loads(meta.get('model_kwargs', '{}'))) if same else {}
-    kw['img_size'] = args.img_size or saved.get('img_size') or int(meta.get('img_size') or kw.get('img_size') or 224)
+    kw = (dict(saved.get('model_kwargs') or json.loads(meta.get('model_kwargs', '{}')))
+          if same else {})
+    kw['img_size'] = (args.img_size or saved.get('img_size')
+                      or int(meta.get('img_size') or kw.get('img_size') or 224))
     head = extract_state_dict(ckpt, path=args.checkpoint)[0].get('head.weight')
-    if head is not None: kw['num_classes'] = head.shape[0]     # the head the weights were trained with
-    names = ckpt.get('class_names') or (json.loads(meta['class_names']) if 'class_names' in meta else None)
+    if head is not None: kw['num_classes'] = head.shape[0]  # the head the weights were trained with
+    names = ckpt.get('class_names') or (json.loads(meta['class_names']) if 'class_names' in meta
+                                        else None)
     return name, kw, names
 
 def load_with_notes(model, path, tool:str, **kw) -> dict:
-    "`load_checkpoint` for a command line: a failed load raises with no warning printed before it; after a good one its warnings print as `<tool>: note: ...`."
+    ("`load_checkpoint` for a command line: a failed load raises with no warning printed "
+     "before it; after a good one its warnings print as `<tool>: note: ...`.")
     with warnings.catch_warnings(record=True) as notes:
         warnings.simplefilter('always', UserWarning); info = load_checkpoint(model, path, **kw)
     for n in notes: print(f'{tool}: note: {n.message}', file=sys.stderr)
     return info
 
 def check_weights(ckpt:dict, use_ema:bool, path) -> str:
-    "A description of the non-finite values in the weights that will be scored, or '' when all are finite."
-    return nonfinite_report(*extract_state_dict(ckpt, use_ema, path))       # chapter 14's check, shared by every tool
+    ("A description of the non-finite values in the weights that will be scored, "
+     "or '' when all are finite.")
+    # chapter 14's check, shared by every tool
+    return nonfinite_report(*extract_state_dict(ckpt, use_ema, path))
 
 def check_class_names(names:list, folder_names:list, folder):
     "A UsageError when the folder's class names differ from the checkpoint's."
     if names is None or list(names) == list(folder_names): return
-    diff = [f'{i}: {a!r} vs {b!r}' for i, (a, b) in enumerate(zip(names, folder_names)) if a != b][:3]
-    raise UsageError(f'{folder} has other class names than the checkpoint was trained on (index: checkpoint vs folder: {"; ".join(diff)}); '
-                     f'evaluate on a folder with the same class folders, or pass --ignore-class-names to score by sorted position')
+    diff = [f'{i}: {a!r} vs {b!r}' for i, (a, b) in enumerate(zip(names, folder_names))
+            if a != b][:3]
+    raise UsageError(f'{folder} has other class names than the checkpoint was trained on '
+                     f'(index: checkpoint vs folder: {"; ".join(diff)}); '
+                     'evaluate on a folder with the same class folders, '
+                     'or pass --ignore-class-names to score by sorted position')
 
 def run(argv=None) -> dict:
     "Evaluate as the command line says; returns the result dict (what `t2t-eval --json` prints)."
     args = get_parser().parse_args(argv)
     try:
         root = Path(args.data)
-        if not root.is_dir(): raise DataError(f'data folder {root} ' + ('is a file; give a folder of class folders' if root.is_file() else 'does not exist'))
-        if args.batch_size < 1 or args.workers < 0: raise UsageError(f'-b/--batch-size must be at least 1 and --workers 0 or more (got {args.batch_size}, {args.workers})')
-        if args.img_size is not None and args.img_size < 1: raise UsageError(f'--img-size {args.img_size}: must be at least 1 (leave it out for the checkpoint\'s)')
-        val_dir = split_dirs(root, need_train=False)[1] if any((root / n).is_dir() for n in ('val', 'validation')) else check_class_folder(root, 'data')
+        if not root.is_dir():
+            raise DataError(f'data folder {root} ' + ('is a file; give a folder of class folders'
+                                                      if root.is_file() else 'does not exist'))
+        if args.batch_size < 1 or args.workers < 0:
+            raise UsageError(f'-b/--batch-size must be at least 1 and --workers 0 or more '
+                             f'(got {args.batch_size}, {args.workers})')
+        if args.img_size is not None and args.img_size < 1:
+            raise UsageError(f'--img-size {args.img_size}: must be at least 1 '
+                             '(leave it out for the checkpoint\'s)')
+        val_dir = (split_dirs(root, need_train=False)[1]
+                   if any((root / n).is_dir() for n in ('val', 'validation'))
+                   else check_class_folder(root, 'data'))
         ckpt = read_checkpoint(args.checkpoint)
         name, kw, names = model_spec(args, ckpt)
         rank, world, _, device = setup_distributed(args.device)
@@ -87,34 +117,48 @@ def run(argv=None) -> dict:
         ds = SafeImageFolder(val_dir)
         model = create_model(name, **kw)
         if len(ds.classes) != model.num_classes:
-            raise DataError(f'{val_dir} has {len(ds.classes)} classes but the {name} head has {model.num_classes}; '
-                            f'evaluate on a folder with {model.num_classes} class folders (sorted names map to indices)')
+            raise DataError(f'{val_dir} has {len(ds.classes)} classes but the {name} head has '
+                            f'{model.num_classes}; evaluate on a folder with {model.num_classes} '
+                            'class folders (sorted names map to indices)')
         if not args.ignore_class_names: check_class_names(names, ds.classes, val_dir)
         bad = check_weights(ckpt, not args.no_ema, args.checkpoint)
-        if bad and not args.allow_nonfinite: raise UsageError(f'{bad}; its scores would mean nothing (pass --allow-nonfinite to score it anyway)')
-        if bad and rank == 0: print(f't2t-eval: WARNING: {bad}; scoring it anyway (--allow-nonfinite)', file=sys.stderr)
-        info = load_with_notes(model, args.checkpoint, 't2t-eval', use_ema=not args.no_ema, allow_nonfinite=args.allow_nonfinite)
+        if bad and not args.allow_nonfinite:
+            raise UsageError(f'{bad}; its scores would mean nothing '
+                             '(pass --allow-nonfinite to score it anyway)')
+        if bad and rank == 0: print(f't2t-eval: WARNING: {bad}; scoring it anyway '
+                                    '(--allow-nonfinite)', file=sys.stderr)
+        info = load_with_notes(model, args.checkpoint, 't2t-eval', use_ema=not args.no_ema,
+                               allow_nonfinite=args.allow_nonfinite)
         cfg = timm.data.resolve_model_data_config(model)
-        ds.transform = eval_transform(cfg['input_size'][-1], cfg['crop_pct'], cfg['interpolation'], cfg['mean'], cfg['std'])
-        dl = DataLoader(ds, batch_size=args.batch_size, sampler=ShardSampler(len(ds), rank, world), num_workers=args.workers,
-                        collate_fn=collate_skip, pin_memory=device.type == 'cuda')
+        ds.transform = eval_transform(cfg['input_size'][-1], cfg['crop_pct'], cfg['interpolation'],
+                                      cfg['mean'], cfg['std'])
+        dl = DataLoader(ds, batch_size=args.batch_size, sampler=ShardSampler(len(ds), rank, world),
+                        num_workers=args.workers, collate_fn=collate_skip,
+                        pin_memory=device.type == 'cuda')
         res = evaluate(model.to(device), dl, device, amp, progress=rank == 0 and not args.json)
-        require_images(res, val_dir, 'evaluation')                     # not one image read: an error, not a score of 0 images
-    except (UsageError, DataError, CheckpointError, FileNotFoundError, ValueError, RuntimeError) as e:
-        if is_out_of_memory(e): e = f'out of {args.device} memory at -b/--batch-size {args.batch_size} per process; use a smaller -b'
+        # not one image read: an error, not a score of 0 images
+        require_images(res, val_dir, 'evaluation')
+    except (UsageError, DataError, CheckpointError, FileNotFoundError, ValueError,
+            RuntimeError) as e:
+        if is_out_of_memory(e): e = (f'out of {args.device} memory at -b/--batch-size '
+                                     f'{args.batch_size} per process; use a smaller -b')
         print(f't2t-eval: error: {e}', file=sys.stderr); sys.exit(2)
-    res.update(model=name, img_size=kw['img_size'], checkpoint=str(args.checkpoint), weights=info['source'], world_size=world, amp=amp)
+    res.update(model=name, img_size=kw['img_size'], checkpoint=str(args.checkpoint),
+               weights=info['source'], world_size=world, amp=amp)
     if rank == 0:
         if args.json: print(json.dumps({k: v for k, v in res.items() if k != 'skipped_files'}))
         else:
-            print(f"{name} @ {kw['img_size']} ({info['source']}) on {res['images']} images of {val_dir}")
-            print(f"  top-1 {res['top1']:.3f}%   top-5 {res['top5']:.3f}%   loss {res['loss']:.4f}   {res['images_per_s']:.1f} images/s")
+            print(f"{name} @ {kw['img_size']} ({info['source']}) on {res['images']} images "
+                  f"of {val_dir}")
+            print(f"  top-1 {res['top1']:.3f}%   top-5 {res['top5']:.3f}%   "
+                  f"loss {res['loss']:.4f}   {res['images_per_s']:.1f} images/s")
             for f, why in res['skipped_files']: print(f'  skipped image {f}: {why}')
     if dist.is_initialized(): dist.destroy_process_group()
     return res
 
 def main(argv=None):
-    "Entry point of `t2t-eval` and `python -m t2t_vit_lite.evaluate` (exit status 0, or 2 on bad input)."
+    ("Entry point of `t2t-eval` and `python -m t2t_vit_lite.evaluate` "
+     "(exit status 0, or 2 on bad input).")
     run(argv)
 
 if __name__ == '__main__' and not hasattr(sys, 'ps1') and 'ipykernel' not in sys.modules: main()

@@ -158,14 +158,17 @@ def train_run(dataset:str, arm:str, n_train:int, seed:int, device:str='cpu', sca
                 test_pred=encode_preds(pred), test_labels=encode_preds(yv))
 
 # %% ../nbs/10_experiments.ipynb #8b39beb6
-FIELDS = ('dataset', 'arm', 'seed', 'n_train', 'steps', 'lr', 'warmup_frac', 'beta2', 'params', 'macs', 'train_top1',
-          'test_top1', 'converged', 'final_loss', 'seconds', 'device', 'scale', 'test_pred')
+FIELDS = ('dataset', 'arm', 'seed', 'n_train', 'steps', 'lr', 'warmup_frac', 'beta2', 'params',
+          'macs', 'train_top1', 'test_top1', 'converged', 'final_loss', 'seconds', 'device',
+          'scale', 'test_pred')
 KEY = ('dataset', 'arm', 'seed', 'n_train', 'steps', 'lr', 'warmup_frac', 'beta2', 'device',
        'scale')   # a run's identity
 RESULTS_DIR = Path(inspect.getfile(create_model)).parent / 'results'   # committed (package data)
-_TYPES = dict(seed=int, n_train=int, steps=int, lr=float, warmup_frac=float, beta2=float, params=int, macs=int, train_top1=float,
-              test_top1=float, converged=lambda v: v == 'True', final_loss=float, seconds=float,
-              scale=int)
+_TYPES = dict(seed=int, n_train=int, steps=int, lr=float, warmup_frac=float, beta2=float,
+              params=int, macs=int, train_top1=float, test_top1=float,
+              converged=lambda v: v == 'True', final_loss=float, seconds=float, scale=int)
+
+
 
 def read_rows(csv_path) -> list:
     "The rows of a results CSV with numbers parsed ([] when the file does not exist)."
@@ -222,7 +225,8 @@ PILOT_LRS = {**{a: (2e-3,) for a in ARMS},  # round 3; round 1 tried 5e-4 to 2e-
 LR = {**{a: 2e-3 for a in ARMS}, 'deep_narrow': 4e-3}   # the pilot's choice (`choose_lr`), tested
 DIGIT_ARMS = ('t2t_transformer', 'patch')   # the control pair on the digits
 
-def pilot_specs(steps:int=RECIPE['steps'], arms=tuple(ARMS), lrs=PILOT_LRS, seeds=PILOT_SEEDS) -> list:
+def pilot_specs(steps:int=RECIPE['steps'], arms=tuple(ARMS), lrs=PILOT_LRS,
+                seeds=PILOT_SEEDS) -> list:
     "The pilot: every arm at every learning rate and pilot seed, on the largest glyph set."
     return [dict(dataset='glyphs', arm=a, n_train=max(SIZES), seed=s, steps=steps, lr=lr)
             for a in arms for lr in lrs[a] for s in seeds]
@@ -242,7 +246,9 @@ def choose_lr(rows:list) -> dict:
         if a not in best or w > best[a][0]: best[a] = (w, lr)
     return {a: lr for a, (_, lr) in best.items()}
 
-GROUPS = (('t2t_transformer', 'patch'), ('conv',), ('t2t_performer',), ('deep_narrow', 'shallow_wide'))
+GROUPS = (('t2t_transformer', 'patch'), ('conv',), ('t2t_performer',),
+          ('deep_narrow', 'shallow_wide'))
+
 
 def sweep_specs(arms=tuple(ARMS), sizes=SIZES, seeds=SEEDS, steps:int=RECIPE['steps'], lr:dict=None,
                 digit_arms=DIGIT_ARMS, digit_sizes=DIGIT_SIZES, **extra) -> list:
@@ -337,13 +343,16 @@ def main(argv=None):
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         p.error('--device cuda: no CUDA device here; leave it out to run on the CPU')
     out, t0 = Path(args.out), time.perf_counter()
-    load = f'{os.getloadavg()[0]:.1f}' if hasattr(os, 'getloadavg') else 'unknown'   # other work on the machine
+    # other work on the machine
+    load = f'{os.getloadavg()[0]:.1f}' if hasattr(os, 'getloadavg') else 'unknown'
     name = 'ablations_pilot' if args.pilot else 'ablations'
     extra = dict(device=args.device, scale=args.scale)
     specs = ([{**s, **extra} for s in pilot_specs(args.steps, args.arms)] if args.pilot else
              sweep_specs(args.arms, args.sizes, args.seeds, args.steps,
                          digit_arms=DIGIT_ARMS if args.digits else (), **extra))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # a stopped sweep still writes its JSON
+    # a stopped sweep still writes its JSON
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
     stopped = None
     try: rows = run_sweep(out / f'{name}.csv', specs, args.jobs, not args.no_progress)
     except (KeyboardInterrupt, SystemExit) as e:

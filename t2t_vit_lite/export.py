@@ -19,7 +19,8 @@ __all__ = ['export_program', 'export_onnx', 'run_onnx', 'verify', 'get_parser', 
 def export_program(model:nn.Module,     # a T2TViT, any variant
                    max_batch:int=1024,   # largest batch the program accepts
                   ) -> torch.export.ExportedProgram:
-    "`torch.export` of `model` in eval mode with a dynamic batch axis: (B, C, H, W) -> (B, num_classes)."
+    ("`torch.export` of `model` in eval mode with a dynamic batch axis: "
+     "(B, C, H, W) -> (B, num_classes).")
     model = model.eval()
     x = torch.randn(2, model.in_chans, model.img_size, model.img_size)     # example input (B = 2)
     batch = torch.export.Dim('batch', min=1, max=max_batch)
@@ -34,8 +35,9 @@ def export_onnx(model:nn.Module, path, max_batch:int=1024) -> pathlib.Path:
     batch = torch.export.Dim('batch', min=1, max=max_batch)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        torch.onnx.export(model, (x,), str(path), dynamo=True, dynamic_shapes=({0: batch},), input_names=['images'],
-                          output_names=['logits'], verbose=False, external_data=False)
+        torch.onnx.export(model, (x,), str(path), dynamo=True, dynamic_shapes=({0: batch},),
+                          input_names=['images'], output_names=['logits'],
+                          verbose=False, external_data=False)
     return path
 
 def run_onnx(path, x:torch.Tensor) -> torch.Tensor:
@@ -46,7 +48,8 @@ def run_onnx(path, x:torch.Tensor) -> torch.Tensor:
 
 # %% ../nbs/19_export.ipynb #e14a0016
 def verify(path, model:nn.Module, fmt:str, batch:int=3) -> float:
-    "Largest |difference| between the exported file at `path` (onnx or pt2) and `model` in eager mode, on a random batch; inf if either gives NaN or inf."
+    ("Largest |difference| between the exported file at `path` (onnx or pt2) and `model` in eager "
+     "mode, on a random batch; inf if either gives NaN or inf.")
     model = model.eval()
     x = torch.randn(batch, model.in_chans, model.img_size, model.img_size)
     with torch.no_grad():
@@ -54,18 +57,27 @@ def verify(path, model:nn.Module, fmt:str, batch:int=3) -> float:
         else:
             with open(path, 'rb') as f: out = torch.export.load(f).module()(x)
         ref = model(x)
-        if not (torch.isfinite(out).all() and torch.isfinite(ref).all()): return math.inf     # NaN - NaN is NaN, and NaN > atol is False
+        # NaN - NaN is NaN, and NaN > atol is False
+        if not (torch.isfinite(out).all() and torch.isfinite(ref).all()): return math.inf
         return (out - ref).abs().max().item()
 
 def get_parser():
-    p = argparse.ArgumentParser('t2t-export', description='Export a T2T-ViT to ONNX or a torch.export .pt2 file, then verify it.')
-    p.add_argument('--model', default=None, help=f'one of {", ".join(VARIANTS)} (default: from the checkpoint\'s args or metadata)')
-    p.add_argument('--checkpoint', required=True, metavar='FILE', help='weights: official, mmpretrain, own or .safetensors')
+    p = argparse.ArgumentParser('t2t-export',
+                                description='Export a T2T-ViT to ONNX or a torch.export .pt2 file, '
+                                            'then verify it.')
+    p.add_argument('--model', default=None, help=f'one of {", ".join(VARIANTS)} (default: from '
+                                                 'the checkpoint\'s args or metadata)')
+    p.add_argument('--checkpoint', required=True, metavar='FILE',
+                   help='weights: official, mmpretrain, own or .safetensors')
     p.add_argument('--format', required=True, choices=['onnx', 'pt2'])
-    p.add_argument('--output', metavar='FILE', help='default: <checkpoint name>.<format> beside the checkpoint')
-    p.add_argument('--overwrite', action='store_true', help='replace --output if it exists (only once the new file is verified)')
-    p.add_argument('--img-size', type=int, default=None, help='input size (default: the checkpoint\'s, else 224)')
-    p.add_argument('--atol', type=float, default=1e-4, help='largest |difference| from eager PyTorch the check accepts')
+    p.add_argument('--output', metavar='FILE',
+                   help='default: <checkpoint name>.<format> beside the checkpoint')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace --output if it exists (only once the new file is verified)')
+    p.add_argument('--img-size', type=int, default=None,
+                   help='input size (default: the checkpoint\'s, else 224)')
+    p.add_argument('--atol', type=float, default=1e-4,
+                   help='largest |difference| from eager PyTorch the check accepts')
     return p
 
 def _fail(msg): print(f't2t-export: error: {msg}', file=sys.stderr); sys.exit(2)
@@ -73,31 +85,43 @@ def _fail(msg): print(f't2t-export: error: {msg}', file=sys.stderr); sys.exit(2)
 def main(argv=None):
     "Entry point of `t2t-export` and `python -m t2t_vit_lite.export`."
     a = get_parser().parse_args(argv)
-    if a.model is not None and a.model not in VARIANTS: _fail(f'unknown model {a.model!r}; use one of {", ".join(VARIANTS)}')
-    missing = [m for m in ('onnx', 'onnxscript', 'onnxruntime') if importlib.util.find_spec(m) is None] if a.format == 'onnx' else []
-    if missing: _fail(f'--format onnx needs {", ".join(missing)}; install with: pip install onnx onnxscript onnxruntime (or use --format pt2)')
-    if not (a.atol >= 0 and math.isfinite(a.atol)): _fail(f'--atol {a.atol}: must be a finite number, 0 or more')
-    if a.img_size is not None and a.img_size < 1: _fail(f'--img-size {a.img_size}: must be at least 1 (leave it out for the checkpoint\'s)')
+    if a.model is not None and a.model not in VARIANTS:
+        _fail(f'unknown model {a.model!r}; use one of {", ".join(VARIANTS)}')
+    missing = [m for m in ('onnx', 'onnxscript', 'onnxruntime')
+               if importlib.util.find_spec(m) is None] if a.format == 'onnx' else []
+    if missing: _fail(f'--format onnx needs {", ".join(missing)}; install with: '
+                      'pip install onnx onnxscript onnxruntime (or use --format pt2)')
+    if not (a.atol >= 0 and math.isfinite(a.atol)):
+        _fail(f'--atol {a.atol}: must be a finite number, 0 or more')
+    if a.img_size is not None and a.img_size < 1:
+        _fail(f'--img-size {a.img_size}: must be at least 1 (leave it out for the checkpoint\'s)')
     out = pathlib.Path(a.output or pathlib.Path(a.checkpoint).with_suffix(f'.{a.format}'))
-    try: check_output_file(out, '--output', a.overwrite, inputs=[a.checkpoint])        # chapter 13: before the model is built
+    # chapter 13: before the model is built
+    try: check_output_file(out, '--output', a.overwrite, inputs=[a.checkpoint])
     except UsageError as e: _fail(str(e))
     try:
-        name, kw, _ = model_spec(a, read_checkpoint(a.checkpoint))     # as t2t-eval does (chapter 18): our files name their model
-        if name not in VARIANTS: raise UsageError(f'{a.checkpoint} names model {name!r}, which is not one of {", ".join(VARIANTS)}')
+        # as t2t-eval does (chapter 18): our files name their model
+        name, kw, _ = model_spec(a, read_checkpoint(a.checkpoint))
+        if name not in VARIANTS: raise UsageError(f'{a.checkpoint} names model {name!r}, which is '
+                                                  f'not one of {", ".join(VARIANTS)}')
         model = create_model(name, **kw)
-        load_with_notes(model, a.checkpoint, 't2t-export')            # chapter 18: no warning before a load error (NaN weights refused)
-    except (FileNotFoundError, CheckpointError, UsageError, ValueError) as e: _fail(str(e).replace('\n', ' '))
+        # chapter 18: no warning before a load error (NaN weights refused)
+        load_with_notes(model, a.checkpoint, 't2t-export')
+    except (FileNotFoundError, CheckpointError, UsageError, ValueError) as e:
+        _fail(str(e).replace('\n', ' '))
     diff = []
-    def write_and_verify(tmp):                                        # into a temporary file, renamed over `out` once verified
+    def write_and_verify(tmp):  # into a temporary file, renamed over `out` once verified
         if a.format == 'onnx': export_onnx(model, tmp)
         else:
             with open(tmp, 'wb') as f: torch.export.save(export_program(model), f)
         diff.append(verify(tmp, model, a.format))
-        if not diff[-1] <= a.atol: raise UsageError(f'{out}: the exported model differs from eager PyTorch by {diff[-1]:.2e} > --atol {a.atol}; '
-                                                    f'nothing was written')
+        if not diff[-1] <= a.atol:
+            raise UsageError(f'{out}: the exported model differs from eager PyTorch by '
+                             f'{diff[-1]:.2e} > --atol {a.atol}; nothing was written')
     try: atomic_write(out, write_and_verify)
     except (UsageError, SaveError) as e: _fail(str(e))
     diff = diff[-1]
-    print(f'wrote {out} ({out.stat().st_size / 2**20:.1f} MiB); verified on a batch of 3: max |difference| {diff:.1e}')
+    print(f'wrote {out} ({out.stat().st_size / 2**20:.1f} MiB); '
+          f'verified on a batch of 3: max |difference| {diff:.1e}')
 
 if __name__ == '__main__' and not hasattr(sys, 'ps1') and 'ipykernel' not in sys.modules: main()

@@ -17,7 +17,8 @@ __all__ = ['VARIANTS', 'FIRST_LAYER', 'default_cfgs', 'list_models', 'create_mod
 
 # %% ../nbs/06_models.ipynb #df8d80f8
 def _v(tokens_type, embed_dim, depth, num_heads, mlp_ratio):
-    return dict(tokens_type=tokens_type, embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio)
+    return dict(tokens_type=tokens_type, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                mlp_ratio=mlp_ratio)
 
 VARIANTS = {  # name: T2TViT arguments (the official repository's names and hyper-parameters)
     't2t_vit_7':          _v('performer', 256, 7, 4, 2.),
@@ -31,57 +32,73 @@ VARIANTS = {  # name: T2TViT arguments (the official repository's names and hype
     't2t_vit_t_24':       _v('transformer', 512, 24, 8, 3.),
     't2t_vit_14_resnext': _v('performer', 384, 14, 32, 3.),
     't2t_vit_14_wide':    _v('performer', 768, 4, 12, 3.),
-    't2t_vit_c_14':       _v('convolution', 384, 14, 6, 3.),   # ablation: three convolutions instead of T2T
-    't2t_vit_14_no_t2t':  _v('patch', 384, 14, 6, 3.),         # ablation: ViT's 16x16 patch embedding
+    # ablation: three convolutions instead of T2T
+    't2t_vit_c_14':       _v('convolution', 384, 14, 6, 3.),
+    # ablation: ViT's 16x16 patch embedding
+    't2t_vit_14_no_t2t':  _v('patch', 384, 14, 6, 3.),
 }
 
 # %% ../nbs/06_models.ipynb #ebbf8414
-FIRST_LAYER = {'performer': 'tokens_to_token.attention1.kqv', 'transformer': 'tokens_to_token.attention1.attn.qkv',
-               'convolution': 'tokens_to_token.soft_split0', 'patch': 'tokens_to_token.project'}   # first weights on the pixels
+# first weights on the pixels
+FIRST_LAYER = {'performer': 'tokens_to_token.attention1.kqv',
+               'transformer': 'tokens_to_token.attention1.attn.qkv',
+               'convolution': 'tokens_to_token.soft_split0', 'patch': 'tokens_to_token.project'}
 
 def _cfg(tokens_type, **kwargs):
-    return dict(url='', num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=.9, interpolation='bicubic',
-                mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), first_conv=FIRST_LAYER[tokens_type],
-                classifier='head', license='bsd-3-clause-clear', paper_ids='arXiv:2101.11986', **kwargs)
+    return dict(url='', num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=.9,
+                interpolation='bicubic', mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                first_conv=FIRST_LAYER[tokens_type], classifier='head',
+                license='bsd-3-clause-clear', paper_ids='arXiv:2101.11986', **kwargs)
 
 default_cfgs = generate_default_cfgs({name: _cfg(v['tokens_type']) for name, v in VARIANTS.items()})
 
-_load_file = []   # the safe file loader for pretrained=True: chapter 14's load_checkpoint puts itself here (no import cycle)
-_ARCH = [p for p in inspect.signature(T2TViT).parameters if 'drop' not in p and p not in ('device', 'dtype')]
+# the safe file loader for pretrained=True: chapter 14's load_checkpoint puts itself here
+# (no import cycle)
+_load_file = []
+_ARCH = [p for p in inspect.signature(T2TViT).parameters
+         if 'drop' not in p and p not in ('device', 'dtype')]
 
 def _model_args(model:T2TViT, kwargs:dict) -> dict:
-    "The T2TViT arguments that rebuild `model` (drop rates left out), recorded for timm's `save_for_hf`."
+    ("The T2TViT arguments that rebuild `model` (drop rates left out), "
+     "recorded for timm's `save_for_hf`.")
     defaults = {k: p.default for k, p in inspect.signature(T2TViT).parameters.items()}
     args = {k: kwargs.get(k, defaults[k]) for k in _ARCH}
-    return {**args, 'img_size': model.img_size, 'schedule': [list(s) for s in model.tokens_to_token.schedule]}
+    return {**args, 'img_size': model.img_size,
+            'schedule': [list(s) for s in model.tokens_to_token.schedule]}
 
 def _checkpoint_filter(state_dict:dict, model:T2TViT) -> dict:
-    "timm's `pretrained_filter_fn`: chapter 14's key mapping and checks, for weights that timm fetched."
+    ("timm's `pretrained_filter_fn`: chapter 14's key mapping and checks, "
+     "for weights that timm fetched.")
     ck = inspect.getmodule(_load_file[0])   # chapter 14, reached through the loader it registered
     sd, cfg = ck.checkpoint_filter_fn(state_dict, model), model.pretrained_cfg
     where = cfg.get('hf_hub_id') or cfg.get('file') or 'weights'
     unusable = ck.unusable_tensors(sd, model.state_dict())
-    if unusable: raise ck.CheckpointError(f'{where}: no floating-point type where the model has float '
-                                          f'weights: {", ".join(unusable[:5])}; nothing was loaded')
+    if unusable: raise ck.CheckpointError(
+        f'{where}: no floating-point type where the model has float '
+        f'weights: {", ".join(unusable[:5])}; nothing was loaded')
     bad = ck.nonfinite_report(sd, where, 'model weights')
     if bad: raise ck.CheckpointError(f'{bad}; nothing was loaded')
     return sd
 
 def _load(model:T2TViT, cfg:dict, variant:str, cache_dir=None):
-    "Load `cfg`'s weights: a `file` with chapter 14's loader; `local-dir:`/`hf-hub:` with timm's loader."
+    ("Load `cfg`'s weights: a `file` with chapter 14's loader; "
+     "`local-dir:`/`hf-hub:` with timm's loader.")
     source, _ = _resolve_pretrained_source(cfg)
     if source == 'file': return _load_file[0](model, cfg['file'])
-    if not source: raise ValueError(f'no weights are hosted for {variant}: download the official file and pass '
-                                    f"pretrained_cfg_overlay=dict(file='path/to/checkpoint.pth.tar'), or create "
-                                    "'local-dir:FOLDER' / 'hf-hub:ORG/NAME' (a save_for_hf folder)")
+    if not source: raise ValueError(
+        f'no weights are hosted for {variant}: download the official file and pass '
+        f"pretrained_cfg_overlay=dict(file='path/to/checkpoint.pth.tar'), or create "
+        "'local-dir:FOLDER' / 'hf-hub:ORG/NAME' (a save_for_hf folder)")
     load_pretrained(model, cfg, num_classes=model.num_classes, in_chans=model.in_chans,
                     filter_fn=_checkpoint_filter, cache_dir=cache_dir)
 
 def _create(variant:str, pretrained:bool=False, features_only:bool=False, out_indices=3,
             feature_cls:str='getter', **kwargs):
-    "Build `variant` through timm's builder with this package's cfg; load weights; wrap for `features_only`."
-    if feature_cls != 'getter': raise ValueError('T2T-ViT feature maps come from forward_intermediates: '
-                                                 f"feature_cls='getter', got {feature_cls!r}")
+    ("Build `variant` through timm's builder with this package's cfg; "
+     "load weights; wrap for `features_only`.")
+    if feature_cls != 'getter': raise ValueError(
+        'T2T-ViT feature maps come from forward_intermediates: '
+        f"feature_cls='getter', got {feature_cls!r}")
     kwargs = {**VARIANTS[variant], **kwargs}
     # ours, whatever timm's registry holds; `local-dir:`/`hf-hub:` names bring their saved cfg
     kwargs['pretrained_cfg'] = kwargs.get('pretrained_cfg') or default_cfgs[variant].default
@@ -93,7 +110,8 @@ def _create(variant:str, pretrained:bool=False, features_only:bool=False, out_in
     if pretrained: _load(model, source_cfg, variant, kwargs.get('cache_dir'))
     if not features_only: return model
     features = FeatureGetterNet(model, out_indices=out_indices)
-    features.pretrained_cfg = features.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
+    features.pretrained_cfg = features.default_cfg = pretrained_cfg_for_features(
+        model.pretrained_cfg)
     return features
 
 def _entry_point(name):
@@ -103,12 +121,15 @@ def _entry_point(name):
     return fn
 
 _claimed = {n: _model_entrypoints[n].__module__ for n in VARIANTS if n in _model_entrypoints}
-_taken = {n: m for n, m in _claimed.items() if m.split('.')[0] != 't2t_vit_lite'}   # another code's names: left alone
-for _name in VARIANTS:   # names this package registered already (this notebook re-run after an import) stay as they are
+# another code's names: left alone
+_taken = {n: m for n, m in _claimed.items() if m.split('.')[0] != 't2t_vit_lite'}
+# names this package registered already (this notebook re-run after an import) stay as they are
+for _name in VARIANTS:
     if _name not in _claimed: globals()[_name] = register_model(_entry_point(_name))
 if _taken:
-    warnings.warn(f'timm already registers {", ".join(sorted(_taken))} (from {", ".join(sorted(set(_taken.values())))}); '
-                  'timm.create_model builds those, t2t_vit_lite.create_model builds this package\'s models', stacklevel=2)
+    warnings.warn(f'timm already registers {", ".join(sorted(_taken))} (from '
+                  f'{", ".join(sorted(set(_taken.values())))}); timm.create_model builds those, '
+                  't2t_vit_lite.create_model builds this package\'s models', stacklevel=2)
 
 # %% ../nbs/06_models.ipynb #02eb3935
 def list_models() -> list:
@@ -117,8 +138,10 @@ def list_models() -> list:
 
 def create_model(name:str,               # one of `list_models()`
                  pretrained:bool=False,   # load pretrained_cfg_overlay=dict(file=...)
-                 **kwargs) -> T2TViT:     # T2TViT arguments: img_size, num_classes, drop_path_rate, in_chans, ...
-    "Create this package's T2T-ViT variant by name (timm's builder and cfg, whatever else timm registers)."
+                 **kwargs) -> T2TViT:     # T2TViT args: img_size, num_classes, drop_path_rate, ...
+    ("Create this package's T2T-ViT variant by name "
+     "(timm's builder and cfg, whatever else timm registers).")
     if name not in VARIANTS:
         raise ValueError(f'unknown model {name!r}; valid names: {", ".join(VARIANTS)}')
-    return _create(name, pretrained, **{k: v for k, v in kwargs.items() if v is not None})   # None: the default, as in timm
+    # None: the default, as in timm
+    return _create(name, pretrained, **{k: v for k, v in kwargs.items() if v is not None})

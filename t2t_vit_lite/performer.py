@@ -17,20 +17,26 @@ __all__ = ['positive_random_features', 'performer_attention', 'performer_attenti
 def positive_random_features(x:torch.Tensor, # (B, L, d) queries or keys
                              w:torch.Tensor, # (m, d) random projections
                             ) -> torch.Tensor:
-    "FAVOR+ features phi(x) = exp(w x - |x|^2/2) / sqrt(m), computed in float32: (B, L, d) -> (B, L, m)."
+    ("FAVOR+ features phi(x) = exp(w x - |x|^2/2) / sqrt(m), computed in float32: "
+     "(B, L, d) -> (B, L, m).")
     x, w = x.float(), w.float()
-    sq = (x * x).sum(dim=-1, keepdim=True) / 2 + math.log(w.shape[0]) / 2   # (B, L, 1): |x|^2/2 + log sqrt(m)
-    return torch.exp(F.linear(x, w) - sq)                                  # (B, L, m); w x is one GEMM, 1/sqrt(m) folded in
+    # |x|^2/2 + log sqrt(m)
+    sq = (x * x).sum(dim=-1, keepdim=True) / 2 + math.log(w.shape[0]) / 2   # (B, L, 1)
+    # w x is one GEMM, 1/sqrt(m) folded in
+    return torch.exp(F.linear(x, w) - sq)                                  # (B, L, m)
 
 def performer_attention(q, k, v, w, eps:float=1e-8):
-    "Linear-time FAVOR+ attention, approximating softmax(q k^T) v: (B, L, d) x3 -> (B, L, d); float32 outside autocast (inside it, call `performer_attention_fp32`)."
+    ("Linear-time FAVOR+ attention, approximating softmax(q k^T) v: (B, L, d) x3 -> (B, L, d); "
+     "float32 outside autocast (inside it, call `performer_attention_fp32`).")
     qp, kp = positive_random_features(q, w), positive_random_features(k, w)   # (B, L, m)
     kv = torch.einsum('bld,blm->bdm', v.float(), kp)                          # (B, d, m)
     den = torch.einsum('blm,bm->bl', qp, kp.sum(dim=1)).unsqueeze(-1)         # (B, L, 1)
-    return torch.einsum('blm,bdm->bld', qp / (den + eps), kv)                 # (B, L, d); divides m values per row, not d (m = d/2 by default)
+    # divides m values per row, not d (m = d/2 by default)
+    return torch.einsum('blm,bdm->bld', qp / (den + eps), kv)                 # (B, L, d)
 
 # %% ../nbs/03_performer.ipynb #b6879381
-@register_notrace_function   # one leaf for timm's torch.fx tools: the autocast switch is not traceable
+# one leaf for timm's torch.fx tools: the autocast switch is not traceable
+@register_notrace_function
 def performer_attention_fp32(q, k, v, w, eps:float=1e-8):
     "`performer_attention` with autocast off (float32 inside), returned in v's dtype."
     if not torch.jit.is_scripting():
@@ -40,27 +46,31 @@ def performer_attention_fp32(q, k, v, w, eps:float=1e-8):
     return performer_attention(q, k, v, w, eps).to(v.dtype)
 
 class TokenPerformer(nn.Module):
-    "The official T2T Performer layer: FAVOR+ attention from `dim` to `out_dim`, skip from v, then an MLP."
+    ("The official T2T Performer layer: FAVOR+ attention from `dim` to `out_dim`, "
+     "skip from v, then an MLP.")
     def __init__(self, dim:int,              # input token width (C*k*k of the soft split)
                  out_dim:int,                 # output width (token_dim), the attention's emb
                  num_heads:int=1,             # the official layer uses one head (its head_cnt)
                  kernel_ratio:float=0.5,      # m = int(out_dim * kernel_ratio) random features
-                 proj_drop:float=0.1):        # dropout after proj and at the end of the MLP (official dp1, dp2)
+                 proj_drop:float=0.1):        # dropout after proj and the MLP (official dp1, dp2)
         super().__init__()
-        assert num_heads == 1, f'the T2T Performer is single-head (num_heads=1), got num_heads={num_heads}'
+        assert num_heads == 1, (
+            f'the T2T Performer is single-head (num_heads=1), got num_heads={num_heads}')
         assert kernel_ratio > 0, f'kernel_ratio must be > 0, got {kernel_ratio}'
         self.emb, self.num_heads, self.epsilon = out_dim, num_heads, 1e-8
         self.kqv = nn.Linear(dim, 3 * self.emb)
         self.dp = nn.Dropout(proj_drop)
         self.proj = nn.Linear(self.emb, self.emb)
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(self.emb)
-        self.mlp = nn.Sequential(nn.Linear(self.emb, self.emb), nn.GELU(), nn.Linear(self.emb, self.emb), nn.Dropout(proj_drop))
+        self.mlp = nn.Sequential(nn.Linear(self.emb, self.emb), nn.GELU(),
+                                 nn.Linear(self.emb, self.emb), nn.Dropout(proj_drop))
         self.m = int(self.emb * kernel_ratio)
-        self.register_buffer('w', nn.init.orthogonal_(torch.empty(self.m, self.emb)) * math.sqrt(self.m))  # (m, emb)
+        self.register_buffer('w', nn.init.orthogonal_(torch.empty(self.m, self.emb))
+                                  * math.sqrt(self.m))   # (m, emb)
 
     def single_attn(self, x):  # (B, L, dim) -> (B, L, emb)
         k, q, v = self.kqv(x).split(self.emb, dim=-1)
-        y = performer_attention_fp32(q, k, v, self.w, self.epsilon)   # float32 inside, v's dtype out
+        y = performer_attention_fp32(q, k, v, self.w, self.epsilon)  # float32 inside, v's dtype out
         return v + self.dp(self.proj(y))
 
     def forward(self, x):  # (B, L, dim) -> (B, L, out_dim)

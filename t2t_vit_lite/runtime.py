@@ -20,16 +20,20 @@ __all__ = ['AMP_CHOICES', 'UsageError', 'setup_distributed', 'add_amp_argument',
 
 # %% ../nbs/13_runtime.ipynb #354685ac
 class UsageError(ValueError):
-    "A bad flag, file or folder: the message names it and the fix; the command-line tools exit 2 with it."
+    ("A bad flag, file or folder: the message names it and the fix; "
+     "the command-line tools exit 2 with it.")
 
 def setup_distributed(device:str=None, # 'cpu', 'cuda', or None: a GPU when one is visible
                      ) -> tuple:
-    "(rank, world_size, local_rank, device); initialises torch.distributed when launched by torchrun."
+    ("(rank, world_size, local_rank, device); "
+     "initialises torch.distributed when launched by torchrun.")
     world = int(os.environ.get('WORLD_SIZE', '1'))
     local = int(os.environ.get('LOCAL_RANK', '0'))
     use_cuda = torch.cuda.is_available() if device is None else device == 'cuda'
-    if use_cuda and not torch.cuda.is_available(): raise UsageError('--device cuda asked for, but no GPU is visible; use --device cpu')
-    launched = 'TORCHELASTIC_RUN_ID' in os.environ           # torchrun sets it: a process group even for one process (NCCL on a GPU)
+    if use_cuda and not torch.cuda.is_available():
+        raise UsageError('--device cuda asked for, but no GPU is visible; use --device cpu')
+    # torchrun sets it: a process group even for one process (NCCL on a GPU)
+    launched = 'TORCHELASTIC_RUN_ID' in os.environ
     if (world > 1 or launched) and not dist.is_initialized():
         if use_cuda: torch.cuda.set_device(local)
         dist.init_process_group('nccl' if use_cuda else 'gloo')
@@ -42,15 +46,18 @@ AMP_CHOICES = ('auto', 'bf16', 'fp16', 'none')
 def add_amp_argument(parser:argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Add the `--amp` flag that every command-line tool of the package shares."
     parser.add_argument('--amp', default='auto', choices=AMP_CHOICES,
-                        help='autocast dtype; auto: bf16 on GPUs that support it, else none (fp16 trains with a GradScaler)')
+                        help='autocast dtype; auto: bf16 on GPUs that support it, else none '
+                             '(fp16 trains with a GradScaler)')
     return parser
 
 def resolve_amp(device, amp:str='auto') -> str:
     "The dtype name `--amp` means on `device`: 'auto' is 'bf16' on a bf16-capable GPU, else 'none'."
     if amp in (None, False, 'none'): return 'none'
-    if amp not in AMP_CHOICES: raise UsageError(f'--amp {amp!r}: choose one of {", ".join(AMP_CHOICES)}')
+    if amp not in AMP_CHOICES:
+        raise UsageError(f'--amp {amp!r}: choose one of {", ".join(AMP_CHOICES)}')
     if amp != 'auto': return amp
-    return 'bf16' if torch.device(device).type == 'cuda' and torch.cuda.is_bf16_supported() else 'none'
+    return ('bf16' if torch.device(device).type == 'cuda' and torch.cuda.is_bf16_supported()
+            else 'none')
 
 def autocast_for(device, amp:str='none'):
     "An autocast context for `amp` (any `--amp` value) on `device`."
@@ -61,13 +68,15 @@ def autocast_for(device, amp:str='none'):
 # %% ../nbs/13_runtime.ipynb #e6a0c002
 def call_cli(main, # an entry point: main(argv) parses argv and may call sys.exit
              *args) -> subprocess.CompletedProcess:
-    "Run `main(argv)` in this process; its exit status, stdout and stderr, as `subprocess.run` returns them."
+    ("Run `main(argv)` in this process; its exit status, stdout and stderr, "
+     "as `subprocess.run` returns them.")
     argv, out, err = [str(a) for a in args], io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try: main(argv); status = 0
         except SystemExit as e:
             if e.code is None or isinstance(e.code, int): status = e.code or 0
-            else: print(e.code, file=sys.stderr); status = 1       # sys.exit('text'): the shell prints it, status 1
+            # sys.exit('text'): the shell prints it, status 1
+            else: print(e.code, file=sys.stderr); status = 1
     return subprocess.CompletedProcess(argv, status, out.getvalue(), err.getvalue())
 
 # %% ../nbs/13_runtime.ipynb #73bf1ac0
@@ -80,15 +89,19 @@ def seed_epoch(seed:int, epoch:int, rank:int=0) -> int:
 def rng_state() -> dict:
     "Every RNG state of this process, in types that `weights_only` loading accepts."
     st = np.random.get_state()
-    return dict(python=random.getstate(), numpy=dict(keys=torch.from_numpy(st[1].astype(np.int64)), pos=int(st[2]), gauss=[int(st[3]), float(st[4])]),
-                torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+    return dict(python=random.getstate(),
+                numpy=dict(keys=torch.from_numpy(st[1].astype(np.int64)), pos=int(st[2]),
+                           gauss=[int(st[3]), float(st[4])]),
+                torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
 
 def set_rng_state(state:dict):
     "Restore the states `rng_state` captured."
     v, internal, gauss = state['python']
     random.setstate((v, tuple(internal), gauss))
     n = state['numpy']
-    np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['gauss'][0], n['gauss'][1]))
+    np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'],
+                         n['gauss'][0], n['gauss'][1]))
     torch.set_rng_state(state['torch'])
     if state.get('cuda') and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['cuda'])
 
@@ -96,26 +109,32 @@ def set_rng_state(state:dict):
 class SaveError(RuntimeError):
     "A file could not be written; the message says why and whether the previous file is intact."
 
-_WHY = {errno.ENOSPC: 'no space left on device', errno.EDQUOT: 'disk quota exceeded', errno.EACCES: 'permission denied',
-        errno.EPERM: 'permission denied', errno.EROFS: 'read-only file system'}
+_WHY = {errno.ENOSPC: 'no space left on device', errno.EDQUOT: 'disk quota exceeded',
+        errno.EACCES: 'permission denied', errno.EPERM: 'permission denied',
+        errno.EROFS: 'read-only file system'}
 
 def _save_error(e:OSError, path:Path) -> SaveError:
     why = _WHY.get(e.errno, e.strerror or str(e))
-    kept = f'the previous {path.name} is intact' if path.exists() else 'nothing was replaced: the files already there are intact'
+    kept = (f'the previous {path.name} is intact' if path.exists()
+            else 'nothing was replaced: the files already there are intact')
     return SaveError(f'{why} while writing {path}; {kept}')
 
 def _new_file_mode(path:Path) -> int:
-    "The permission bits `open(path, 'w')` would give: the old file's if it exists, else 0o666 less the umask."
+    ("The permission bits `open(path, 'w')` would give: "
+     "the old file's if it exists, else 0o666 less the umask.")
     if path.exists(): return stat.S_IMODE(path.stat().st_mode)
     umask = os.umask(0); os.umask(umask)   # read it (there is no getter)
     return 0o666 & ~umask
 
 def atomic_write(path, write_fn):
-    "Call `write_fn(tmp_path)`, fsync, then rename over `path`: a failure or a crash leaves the old file intact; permissions as `open` would set them."
+    ("Call `write_fn(tmp_path)`, fsync, then rename over `path`: "
+     "a failure or a crash leaves the old file intact; permissions as `open` would set them.")
     path = Path(path); tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp'); os.close(fd)   # mkstemp makes it 0o600
+        # mkstemp makes it 0o600
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+        os.close(fd)
         write_fn(tmp)
         with open(tmp, 'rb') as f: os.fsync(f.fileno())
         os.chmod(tmp, _new_file_mode(path))
@@ -127,7 +146,8 @@ def atomic_write(path, write_fn):
     return path
 
 def torch_save(obj, path):
-    "`torch.save` through a Python file, atomically: a full disk raises `SaveError`, not a C++ stream error."
+    ("`torch.save` through a Python file, atomically: "
+     "a full disk raises `SaveError`, not a C++ stream error.")
     def write(tmp):
         with open(tmp, 'wb') as f: torch.save(obj, f)
     return atomic_write(path, write)
@@ -140,16 +160,20 @@ def clean_temp_files(folder) -> list:
 
 # %% ../nbs/13_runtime.ipynb #e6a0c011
 def _nearest_existing(path:Path) -> Path:
-    "`path` itself if it exists, else its nearest ancestor that does (a link counts when it resolves)."
+    ("`path` itself if it exists, else its nearest ancestor that does "
+     "(a link counts when it resolves).")
     while not path.exists() and path != path.parent: path = path.parent
     return path
 
 def _probe_write(folder:Path, flag:str, path:Path):
     "A UsageError unless a file can be created in `folder` (it is created and removed again)."
-    try: fd, probe = tempfile.mkstemp(dir=folder, prefix='.t2t-write-probe-'); os.close(fd); os.remove(probe)
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix='.t2t-write-probe-')
+        os.close(fd); os.remove(probe)
     except OSError as e:
         why = _WHY.get(e.errno, e.strerror or str(e))
-        raise UsageError(f'{flag} {path}: cannot create files in {folder} ({why}); choose a folder you can write to') from None
+        raise UsageError(f'{flag} {path}: cannot create files in {folder} ({why}); '
+                         'choose a folder you can write to') from None
 
 def _same_file(a:Path, b) -> bool:
     b = Path(b)
@@ -157,25 +181,32 @@ def _same_file(a:Path, b) -> bool:
 
 def check_output_file(path,                  # where a tool will write one file
                       flag:str='--output',   # the flag that gave it, for the message
-                      overwrite:bool=False,  # the tool's overwrite flag: an existing file may be replaced
-                      inputs=(),             # the tool's input files: never written over, whatever `overwrite` says
+                      overwrite:bool=False,  # the overwrite flag: an existing file may be replaced
+                      inputs=(),             # input files: never written over, even if `overwrite`
                       overwrite_flag:str='--overwrite') -> Path:
-    "`path` as a Path if a tool may write its file there, else a UsageError that names the flag, the problem and the fix."
+    ("`path` as a Path if a tool may write its file there, "
+     "else a UsageError that names the flag, the problem and the fix.")
     if str(path).strip() == '': raise UsageError(f'{flag}: an empty path; give a file name')
     path = Path(path)
     for i in inputs:
-        if i is not None and _same_file(path, i): raise UsageError(f'{flag} {path} is the input file {i}; choose another name')
-    if path.is_dir(): raise UsageError(f'{flag} {path} is a folder; give a file name, e.g. {path / "NAME"}')
+        if i is not None and _same_file(path, i):
+            raise UsageError(f'{flag} {path} is the input file {i}; choose another name')
+    if path.is_dir():
+        raise UsageError(f'{flag} {path} is a folder; give a file name, e.g. {path / "NAME"}')
     found = _nearest_existing(path.parent)
-    if not found.is_dir(): raise UsageError(f'{flag} {path}: {found} is a file, not a folder; choose another path')
-    if found != path.parent: raise UsageError(f'{flag} {path}: the folder {path.parent} does not exist; create it first')
+    if not found.is_dir():
+        raise UsageError(f'{flag} {path}: {found} is a file, not a folder; choose another path')
+    if found != path.parent:
+        raise UsageError(f'{flag} {path}: the folder {path.parent} does not exist; create it first')
     if path.exists() and not overwrite:
-        raise UsageError(f'{flag} {path} already exists; pass {overwrite_flag} to replace it, or choose another name')
+        raise UsageError(f'{flag} {path} already exists; pass {overwrite_flag} to replace it, '
+                         'or choose another name')
     _probe_write(found, flag, path)
     return path
 
 def check_output_folder(path, flag:str='--output', inputs=()) -> Path:
-    "`path` as a Path if a tool may create or fill the folder, else a UsageError; an input folder or file is never the output."
+    ("`path` as a Path if a tool may create or fill the folder, else a UsageError; "
+     "an input folder or file is never the output.")
     if str(path).strip() == '': raise UsageError(f'{flag}: an empty path; give a folder')
     path = Path(path)
     for i in inputs:
@@ -183,9 +214,11 @@ def check_output_folder(path, flag:str='--output', inputs=()) -> Path:
         i = Path(i).resolve()
         if path.resolve() == i or i in path.resolve().parents:
             raise UsageError(f'{flag} {path} is inside the input {i}; choose a folder outside it')
-    if path.exists() and not path.is_dir(): raise UsageError(f'{flag} {path} is a file, not a folder; choose another path')
+    if path.exists() and not path.is_dir():
+        raise UsageError(f'{flag} {path} is a file, not a folder; choose another path')
     found = _nearest_existing(path)
-    if not found.is_dir(): raise UsageError(f'{flag} {path}: {found} is a file, not a folder; choose another path')
+    if not found.is_dir():
+        raise UsageError(f'{flag} {path}: {found} is a file, not a folder; choose another path')
     _probe_write(found, flag, path)
     return path
 
@@ -193,11 +226,14 @@ def check_output_folder(path, flag:str='--output', inputs=()) -> Path:
 # %% ../nbs/13_runtime.ipynb #d7d93d87
 def is_out_of_memory(e:BaseException) -> bool:
     "True for a failed allocation: CUDA's `OutOfMemoryError`, or the CPU allocator's RuntimeError."
-    return isinstance(e, torch.OutOfMemoryError) or isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
+    return (isinstance(e, torch.OutOfMemoryError)
+            or isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
 
 @torch.no_grad()
-def evaluate(model, loader, device='cpu', amp:str='none', progress:bool=True, desc:str='eval') -> dict:
-    "Top-1/top-5 (%), mean loss, image count, images/s and skipped files of `model` on `loader`, summed over ranks."
+def evaluate(model, loader, device='cpu', amp:str='none', progress:bool=True,
+             desc:str='eval') -> dict:
+    ("Top-1/top-5 (%), mean loss, image count, images/s and skipped files of `model` on `loader`, "
+     "summed over ranks.")
     device = torch.device(device); model.eval()
     counts = torch.zeros(4, dtype=torch.float64, device=device)   # top1, top5, loss sum, n
     skipped, t0 = [], time.perf_counter()
@@ -209,10 +245,12 @@ def evaluate(model, loader, device='cpu', amp:str='none', progress:bool=True, de
         out = out.float()
         top5 = out.topk(min(5, out.shape[1]), dim=1).indices
         counts += torch.stack([(top5[:, 0] == y).sum(), (top5 == y[:, None]).any(1).sum(),
-                               F.cross_entropy(out, y, reduction='sum'), torch.tensor(len(y), device=device)]).double()
+                               F.cross_entropy(out, y, reduction='sum'),
+                               torch.tensor(len(y), device=device)]).double()
     if dist.is_available() and dist.is_initialized(): dist.all_reduce(counts)
     top1, top5, loss, n = counts.tolist()
     n_skip = torch.tensor([len(skipped)], device=device)
     if dist.is_available() and dist.is_initialized(): dist.all_reduce(n_skip)
-    return dict(top1=100 * top1 / max(n, 1), top5=100 * top5 / max(n, 1), loss=loss / max(n, 1), images=int(n),
-                images_per_s=n / (time.perf_counter() - t0), skipped=int(n_skip.item()), skipped_files=list(skipped))
+    return dict(top1=100 * top1 / max(n, 1), top5=100 * top5 / max(n, 1), loss=loss / max(n, 1),
+                images=int(n), images_per_s=n / (time.perf_counter() - t0),
+                skipped=int(n_skip.item()), skipped_files=list(skipped))

@@ -27,15 +27,18 @@ def check_shape(x:torch.Tensor, # the tensor to check
     return x
 
 # %% ../nbs/01_soft_split.ipynb #04751522
-T2T_SCHEDULE = ((7, 4, 2), (3, 2, 1), (3, 2, 1))  # (kernel, stride, padding) of the paper's three soft splits
+# (kernel, stride, padding) of the paper's three soft splits
+T2T_SCHEDULE = ((7, 4, 2), (3, 2, 1), (3, 2, 1))
 
 # %% ../nbs/01_soft_split.ipynb #7ed08b3d
 class SoftSplit(nn.Unfold):
-    "Overlapping patches flattened into tokens: (B, C, H, W) -> (B, L, C*k*k), features in `nn.Unfold` order."
+    ("Overlapping patches flattened into tokens: (B, C, H, W) -> (B, L, C*k*k), "
+     "features in `nn.Unfold` order.")
     def __init__(self, kernel_size:int, # side k of each square patch
                  stride:int,            # step s between patches; overlap when s < k
                  padding:int=0):        # zero padding p on each border
-        assert kernel_size > 0 and stride > 0 and padding >= 0, 'kernel_size, stride > 0 and padding >= 0'
+        assert kernel_size > 0 and stride > 0 and padding >= 0, (
+            'kernel_size, stride > 0 and padding >= 0')
         super().__init__(kernel_size=kernel_size, stride=stride, padding=padding)
         self.k, self.s, self.p = kernel_size, stride, padding
 
@@ -44,8 +47,10 @@ class SoftSplit(nn.Unfold):
         return split_size(size, self.k, self.s, self.p)
 
     def forward(self, x):  # (B, C, H, W) -> (B, L, C*k*k): nn.Unfold's values, gathered in one copy
-        x = F.pad(x, [self.p] * 4).unfold(2, self.k, self.s).unfold(3, self.k, self.s)   # (B, C, h, w, k, k), a view
-        return x.permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(1, 2)   # 'b c h w i j -> b (h w) (c i j)': (B, L, C*k*k)
+        # (B, C, h, w, k, k), a view
+        x = F.pad(x, [self.p] * 4).unfold(2, self.k, self.s).unfold(3, self.k, self.s)
+        # 'b c h w i j -> b (h w) (c i j)': (B, L, C*k*k)
+        return x.permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(1, 2)
 
 # %% ../nbs/01_soft_split.ipynb #acb33cc5
 def sample_image(size:int=224) -> torch.Tensor:

@@ -22,7 +22,8 @@ def tokens_to_image(x:torch.Tensor,        # tokens (B, L, C) of an h x w grid
     "Re-structurize tokens (B, L, C) into an image (B, C, h, w), h = w = sqrt(L) unless given."
     if h is None or w is None:
         h = w = int(math.sqrt(x.shape[1]))
-        if h * w != x.shape[1]: raise ValueError(f'{x.shape[1]} tokens do not form a square grid; pass h and w')
+        if h * w != x.shape[1]:
+            raise ValueError(f'{x.shape[1]} tokens do not form a square grid; pass h and w')
     return x.transpose(1, 2).unflatten(2, (h, w))  # 'b (h w) c -> b c h w': (B, C, h, w)
 
 def image_to_tokens(x:torch.Tensor, # image (B, C, H, W)
@@ -32,42 +33,50 @@ def image_to_tokens(x:torch.Tensor, # image (B, C, H, W)
 
 # %% ../nbs/02_t2t_layer.ipynb #a4b9862c
 class Attention(nn.Module):
-    "Multi-head self-attention with fused SDPA and keys `qkv`, `proj`: (B, L, dim) -> (B, L, out_dim)."
+    ("Multi-head self-attention with fused SDPA and keys `qkv`, `proj`: "
+     "(B, L, dim) -> (B, L, out_dim).")
     def __init__(self, dim:int,            # input token width
                  num_heads:int=8,           # heads h; out_dim must divide by h
-                 out_dim:int=None,          # width of q, k, v and of the output; `dim` when None (ViT)
+                 out_dim:int=None,          # width of q, k, v and the output; `dim` when None (ViT)
                  qkv_bias:bool=False,       # bias in the qkv projection
-                 qk_scale:float=None,       # override of the scale (dim // num_heads) ** -0.5, from the *input* width
+                 qk_scale:float=None,       # overrides (dim // num_heads) ** -0.5 (*input* width)
                  attn_drop:float=0.,        # dropout on the attention weights
                  proj_drop:float=0.,        # dropout after proj
                  v_skip:bool=False):        # return v + attention: the T2T layer's skip connection
         super().__init__()
         out_dim = out_dim or dim
-        if out_dim % num_heads: raise ValueError(f'width {out_dim} must be divisible by num_heads={num_heads}; '
-                                                 f'valid num_heads: {[h for h in range(1, out_dim + 1) if out_dim % h == 0 and h <= 64]}')
-        self.num_heads, self.out_dim, self.attn_drop, self.v_skip = num_heads, out_dim, attn_drop, v_skip
+        if out_dim % num_heads: raise ValueError(
+            f'width {out_dim} must be divisible by num_heads={num_heads}; valid num_heads: '
+            f'{[h for h in range(1, out_dim + 1) if out_dim % h == 0 and h <= 64]}')
+        self.num_heads, self.out_dim, self.attn_drop, self.v_skip = \
+            num_heads, out_dim, attn_drop, v_skip
         self.scale = qk_scale or (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, out_dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(out_dim, out_dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def split_heads(self, x):  # (B, L, dim) -> q, k, v, each (B, h, L, out_dim/h)
-        return self.qkv(x).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)  # 'b l (three h d) -> three b h l d'
+        # 'b l (three h d) -> three b h l d'
+        return self.qkv(x).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
 
     def attention_weights(self, x):
-        "The softmax attention weights (B, h, L, L), written out (for figures; `forward` never stores them)."
+        ("The softmax attention weights (B, h, L, L), written out "
+         "(for figures; `forward` never stores them).")
         q, k, _ = self.split_heads(x)
         return ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)   # (B, h, L, L)
 
     def forward(self, x):  # (B, L, dim) -> (B, L, out_dim)
         q, k, v = self.split_heads(x)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0., scale=self.scale)
-        y = self.proj_drop(self.proj(y.transpose(1, 2).flatten(2)))   # 'b h l d -> b l (h d)': (B, L, out_dim)
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.attn_drop if self.training else 0., scale=self.scale)
+        # 'b h l d -> b l (h d)': (B, L, out_dim)
+        y = self.proj_drop(self.proj(y.transpose(1, 2).flatten(2)))
         return v.transpose(1, 2).flatten(2) + y if self.v_skip else y
 
 # %% ../nbs/02_t2t_layer.ipynb #22967ec0
 class TokenTransformer(nn.Module):
-    "The official T2T transformer layer: `x = attn(norm1(x))` (skip from v), then `x + mlp(norm2(x))`."
+    ("The official T2T transformer layer: `x = attn(norm1(x))` (skip from v), "
+     "then `x + mlp(norm2(x))`.")
     def __init__(self, dim:int,          # input token width (C*k*k)
                  out_dim:int,             # output token width (token_dim)
                  num_heads:int=1,         # heads of the attention (the official layer uses one)
@@ -77,10 +86,12 @@ class TokenTransformer(nn.Module):
                  attn_drop:float=0., drop_path:float=0.):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, out_dim, qkv_bias, qk_scale, attn_drop, proj_drop, v_skip=True)
+        self.attn = Attention(dim, num_heads, out_dim, qkv_bias, qk_scale, attn_drop, proj_drop,
+                              v_skip=True)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(out_dim)
-        self.mlp = Mlp(out_dim, int(out_dim * mlp_ratio), out_dim, act_layer=nn.GELU, drop=proj_drop)
+        self.mlp = Mlp(out_dim, int(out_dim * mlp_ratio), out_dim,
+                       act_layer=nn.GELU, drop=proj_drop)
 
     def forward(self, x):  # (B, L, dim) -> (B, L, out_dim)
         x = self.attn(self.norm1(x))

@@ -21,18 +21,23 @@ __all__ = ['TOKENS_TYPES', 'PATCH_SCHEDULE', 'split_tokens', 'TokenSplit', 'Stem
 # %% ../nbs/04_t2t_module.ipynb #b2c3d4e5
 def split_tokens(x:torch.Tensor,    # tokens (B, h*w, C) of an h x w grid, row by row
                  h:int, w:int,      # the grid
-                 kernel_size:int, stride:int, padding:int,   # the soft split (k, s, p), as SoftSplit takes it
+                 kernel_size:int, stride:int, padding:int,   # the soft split (k, s, p) of SoftSplit
                 ) -> torch.Tensor:
-    "`SoftSplit(k, s, p)(tokens_to_image(x, h, w))` bit for bit, gathered in token layout: (B, h*w, C) -> (B, L, C*k*k)."
+    ("`SoftSplit(k, s, p)(tokens_to_image(x, h, w))` bit for bit, gathered in token layout: "
+     "(B, h*w, C) -> (B, L, C*k*k).")
     k, s, p = kernel_size, stride, padding
-    x = F.pad(x.unflatten(1, (h, w)), (0, 0, p, p, p, p))                 # (B, h+2p, w+2p, C): padded, still token layout
-    x = x.unfold(1, k, s).unfold(2, k, s).permute(0, 1, 2, 4, 5, 3)       # (B, h', w', k, k, C), a view
-    x = x.flatten(3).unflatten(3, (k * k, -1))                            # copy: runs of k*C contiguous values -> (B, h', w', k*k, C)
-    return x.transpose(3, 4).flatten(3).flatten(1, 2)                     # copy: '(i j) c -> c (i j)', nn.Unfold's order: (B, L, C*k*k)
+    # padded, still token layout
+    x = F.pad(x.unflatten(1, (h, w)), (0, 0, p, p, p, p))             # (B, h+2p, w+2p, C)
+    x = x.unfold(1, k, s).unfold(2, k, s).permute(0, 1, 2, 4, 5, 3)  # (B, h', w', k, k, C), a view
+    # copy: runs of k*C contiguous values
+    x = x.flatten(3).unflatten(3, (k * k, -1))                        # (B, h', w', k*k, C)
+    # copy: '(i j) c -> c (i j)', nn.Unfold's order
+    return x.transpose(3, 4).flatten(3).flatten(1, 2)                 # (B, L, C*k*k)
 
 # %% ../nbs/04_t2t_module.ipynb #b2c3d4e6
 class TokenSplit(SoftSplit):
-    "The soft split of tokens (B, h*w, C) on their h x w grid, `split(x, h, w)`: re-structured and split in one pass by `split_tokens`."
+    ("The soft split of tokens (B, h*w, C) on their h x w grid, `split(x, h, w)`: "
+     "re-structured and split in one pass by `split_tokens`.")
     def forward(self, x, h:int, w:int):  # (B, h*w, C) -> (B, L, C*k*k)
         return split_tokens(x, h, w, self.k, self.s, self.p)
 
@@ -45,88 +50,111 @@ def _grid_sides(img_size, schedule):
     sides, side = [], img_size
     for i, (k, s, p) in enumerate(schedule):
         side = split_size(side, k, s, p)
-        if side < 1: raise ValueError(f'img_size={img_size} with schedule {tuple(schedule)}: split {i} (k={k}, s={s}, p={p}) '
-                                      f'leaves no token; use a larger image or a schedule with smaller kernels/strides')
+        if side < 1: raise ValueError(
+            f'img_size={img_size} with schedule {tuple(schedule)}: split {i} (k={k}, s={s}, p={p}) '
+            f'leaves no token; use a larger image or a schedule with smaller kernels/strides')
         sides.append(side)
     return sides
 
 class Stem(nn.Module):
-    "Geometry shared by the stems: a square `img_size`, a checked `schedule`, the final `grid` side and `num_patches`."
+    ("Geometry shared by the stems: a square `img_size`, a checked `schedule`, "
+     "the final `grid` side and `num_patches`.")
     default_schedule = T2T_SCHEDULE   # the paper's three soft splits; PatchStem has one split
     def __init__(self, img_size:int, schedule:tuple=None):
         super().__init__()
         if isinstance(img_size, (tuple, list)):
             if len(img_size) != 2 or img_size[0] != img_size[1]:
-                raise ValueError(f'T2T-ViT needs a square image, got img_size={tuple(img_size)}; pass one int, e.g. img_size={max(img_size)}')
+                raise ValueError(f'T2T-ViT needs a square image, got img_size={tuple(img_size)}; '
+                                 f'pass one int, e.g. img_size={max(img_size)}')
             img_size = img_size[0]
-        schedule, n = tuple(tuple(s) for s in (schedule or self.default_schedule)), len(self.default_schedule)
+        schedule, n = (tuple(tuple(s) for s in (schedule or self.default_schedule)),
+                       len(self.default_schedule))
         if len(schedule) != n or any(len(s) != 3 for s in schedule):
-            raise ValueError(f'{type(self).__name__} needs a schedule of {n} (kernel, stride, padding) triples, got {schedule}')
+            raise ValueError(f'{type(self).__name__} needs a schedule of {n} '
+                             f'(kernel, stride, padding) triples, got {schedule}')
         self.img_size, self.schedule = img_size, schedule
         self.sides = _grid_sides(img_size, schedule)   # grid side after each split
         self.grid = self.sides[-1]
         self.num_patches = self.grid ** 2
-        self.grad_checkpointing = False   # T2TModule: recompute each T2T layer in backward (chapter 05)
+        # T2TModule: recompute each T2T layer in backward (chapter 05)
+        self.grad_checkpointing = False
 
     def feat_size(self, H:int, W:int) -> Tuple[int, int]:
-        "Token grid (h, w) this stem makes from an H x W image (any size: the splits are convolutions)."
+        ("Token grid (h, w) this stem makes from an H x W image "
+         "(any size: the splits are convolutions).")
         for k, s, p in self.schedule: H, W = split_size(H, k, s, p), split_size(W, k, s, p)
         return H, W
 
 # %% ../nbs/04_t2t_module.ipynb #0a54e16c
 class T2TModule(Stem):
-    "Tokens-to-Token module: image (B, C, H, W) -> tokens (B, L, embed_dim) by soft splits and T2T layers."
-    def __init__(self, img_size:int=224,            # side of the square input image
-                 in_chans:int=3,                      # image channels
-                 embed_dim:int=768,                   # width of the output tokens
-                 token_dim:int=64,                    # width of the tokens between T2T layers
-                 schedule:tuple=None,                 # (k, s, p) per split; the paper's T2T_SCHEDULE by default
-                 layer=TokenPerformer):               # T2T layer class, called layer(dim, out_dim)
+    ("Tokens-to-Token module: image (B, C, H, W) -> tokens (B, L, embed_dim) "
+     "by soft splits and T2T layers.")
+    def __init__(self, img_size:int=224,  # side of the square input image
+                 in_chans:int=3,          # image channels
+                 embed_dim:int=768,       # width of the output tokens
+                 token_dim:int=64,        # width of the tokens between T2T layers
+                 schedule:tuple=None,     # (k, s, p) per split; the paper's T2T_SCHEDULE by default
+                 layer=TokenPerformer):   # T2T layer class, called layer(dim, out_dim)
         super().__init__(img_size, schedule)
         (k0, _, _), (k1, _, _), (k2, _, _) = self.schedule
-        self.soft_split0 = SoftSplit(*self.schedule[0])                                   # cuts the image
-        self.soft_split1, self.soft_split2 = (TokenSplit(*s) for s in self.schedule[1:])   # re-structure and cut tokens
+        self.soft_split0 = SoftSplit(*self.schedule[0])   # cuts the image
+        # re-structure and cut tokens
+        self.soft_split1, self.soft_split2 = (TokenSplit(*s) for s in self.schedule[1:])
         self.attention1 = layer(in_chans * k0 * k0, token_dim)
         self.attention2 = layer(token_dim * k1 * k1, token_dim)
         self.project = nn.Linear(token_dim * k2 * k2, embed_dim)
 
     def forward(self, x):  # (B, C, H, W) -> (B, L, embed_dim)
-        h0, w0 = self.soft_split0.out_size(x.shape[-2]), self.soft_split0.out_size(x.shape[-1])   # grid after split 0
-        h1, w1 = self.soft_split1.out_size(h0), self.soft_split1.out_size(w0)                     # grid after split 1
+        # grids after split 0 and after split 1
+        h0, w0 = self.soft_split0.out_size(x.shape[-2]), self.soft_split0.out_size(x.shape[-1])
+        h1, w1 = self.soft_split1.out_size(h0), self.soft_split1.out_size(w0)
         x = self.soft_split0(x)                             # (B, L0, C*k0*k0), L0 = h0*w0
-        if self.grad_checkpointing and not torch.jit.is_scripting(): x = checkpoint(self.attention1, x, use_reentrant=False)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint(self.attention1, x, use_reentrant=False)
         else: x = self.attention1(x)                        # (B, L0, token_dim)
-        x = self.soft_split1(x, h0, w0)                     # (B, L1, token_dim*k1*k1), from tokens (B, L0, token_dim)
-        if self.grad_checkpointing and not torch.jit.is_scripting(): x = checkpoint(self.attention2, x, use_reentrant=False)
+        x = self.soft_split1(x, h0, w0)                     # (B, L1, token_dim*k1*k1), from tokens
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint(self.attention2, x, use_reentrant=False)
         else: x = self.attention2(x)                        # (B, L1, token_dim)
         x = self.soft_split2(x, h1, w1)                     # (B, L2, token_dim*k2*k2)
         return self.project(x)                              # (B, L2, embed_dim)
 
 class ConvStem(Stem):
-    "The paper's T2T-ViT_c ablation: three convolutions with the soft splits' (k, s, p), (B, C, H, W) -> (B, L, embed_dim)."
-    def __init__(self, img_size:int=224, in_chans:int=3, embed_dim:int=768, token_dim:int=64, schedule:tuple=None):
+    ("The paper's T2T-ViT_c ablation: three convolutions with the soft splits' (k, s, p), "
+     "(B, C, H, W) -> (B, L, embed_dim).")
+    def __init__(self, img_size:int=224, in_chans:int=3, embed_dim:int=768, token_dim:int=64,
+                 schedule:tuple=None):
         super().__init__(img_size, schedule)
         (k0, s0, p0), (k1, s1, p1), (k2, s2, p2) = self.schedule
         self.soft_split0 = nn.Conv2d(in_chans, token_dim, k0, s0, p0)
         self.soft_split1 = nn.Conv2d(token_dim, token_dim, k1, s1, p1)
         self.project = nn.Conv2d(token_dim, embed_dim, k2, s2, p2)
 
-    def forward(self, x): return image_to_tokens(self.project(self.soft_split1(self.soft_split0(x))))  # (B, L, embed_dim)
+    def forward(self, x):  # (B, C, H, W) -> (B, L, embed_dim)
+        return image_to_tokens(self.project(self.soft_split1(self.soft_split0(x))))
 
 class PatchStem(Stem):
-    "ViT's hard split, one convolution: (B, C, H, W) -> (B, L, embed_dim); the paper's no-T2T ablation."
+    ("ViT's hard split, one convolution: (B, C, H, W) -> (B, L, embed_dim); "
+     "the paper's no-T2T ablation.")
     default_schedule = PATCH_SCHEDULE
-    def __init__(self, img_size:int=224, in_chans:int=3, embed_dim:int=768, token_dim:int=64, schedule:tuple=None):
+    def __init__(self, img_size:int=224, in_chans:int=3, embed_dim:int=768, token_dim:int=64,
+                 schedule:tuple=None):
         super().__init__(img_size, schedule)
-        self.project = nn.Conv2d(in_chans, embed_dim, *self.schedule[0])   # token_dim unused: one split, no T2T layer
+        # token_dim unused: one split, no T2T layer
+        self.project = nn.Conv2d(in_chans, embed_dim, *self.schedule[0])
 
     def forward(self, x): return image_to_tokens(self.project(x))  # (B, L, embed_dim)
 
 def make_stem(tokens_type:str='performer',  # one of TOKENS_TYPES
-              img_size:int=224, in_chans:int=3, embed_dim:int=768, token_dim:int=64, schedule:tuple=None,
+              img_size:int=224, in_chans:int=3, embed_dim:int=768, token_dim:int=64,
+              schedule:tuple=None,
               kernel_ratio:float=0.5) -> Stem:  # Performer features m = token_dim * kernel_ratio
-    "The stem for the official `tokens_type` string, chosen once: T2TModule with a Performer or Transformer layer, ConvStem or PatchStem."
-    stems = {'performer': partial(T2TModule, layer=partial(TokenPerformer, kernel_ratio=kernel_ratio)),
-             'transformer': partial(T2TModule, layer=TokenTransformer), 'convolution': ConvStem, 'patch': PatchStem}
-    if tokens_type not in stems: raise ValueError(f'unknown tokens_type {tokens_type!r}; choose one of {TOKENS_TYPES}')
+    ("The stem for the official `tokens_type` string, chosen once: T2TModule with a Performer or "
+     "Transformer layer, ConvStem or PatchStem.")
+    stems = {'performer': partial(T2TModule,
+                                  layer=partial(TokenPerformer, kernel_ratio=kernel_ratio)),
+             'transformer': partial(T2TModule, layer=TokenTransformer),
+             'convolution': ConvStem, 'patch': PatchStem}
+    if tokens_type not in stems:
+        raise ValueError(f'unknown tokens_type {tokens_type!r}; choose one of {TOKENS_TYPES}')
     return stems[tokens_type](img_size, in_chans, embed_dim, token_dim, schedule)

@@ -18,12 +18,16 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler, unwrap_model
 from .backbone import T2TViT
 from .models import create_model, VARIANTS
-from .checkpoints import read_checkpoint, extract_state_dict, load_checkpoint, nonfinite_report, CheckpointError
-from .data import (SafeImageFolder, ShardSampler, make_loader, split_dirs, train_transform, eval_transform,
-                               make_mixup, digits_folder, collate_skip, require_images, DEMO_AUG, PAPER_AUG, PAPER_MIXUP, DataError)
-from .runtime import (tqdm, UsageError, SaveError, setup_distributed, add_amp_argument, resolve_amp, autocast_for, seed_epoch,
-                                  rng_state, set_rng_state, atomic_write, torch_save, clean_temp_files, evaluate, check_output_folder,
-                                  is_out_of_memory)
+from .checkpoints import (read_checkpoint, extract_state_dict, load_checkpoint,
+                                      nonfinite_report, CheckpointError)
+from .data import (SafeImageFolder, ShardSampler, make_loader, split_dirs,
+                               train_transform, eval_transform, make_mixup, digits_folder,
+                               collate_skip, require_images, DEMO_AUG, PAPER_AUG, PAPER_MIXUP,
+                               DataError)
+from .runtime import (tqdm, UsageError, SaveError, setup_distributed, add_amp_argument,
+                                  resolve_amp, autocast_for, seed_epoch, rng_state, set_rng_state,
+                                  atomic_write, torch_save, clean_temp_files, evaluate,
+                                  check_output_folder, is_out_of_memory)
 
 # %% auto #0
 __all__ = ['RECIPE', 'PRESETS', 'DEMO', 'RECIPES', 'EXIT_USAGE', 'EXIT_NONFINITE', 'EXIT_PREEMPTED', 'OWN_FLAGS', 'RUN_FILES',
@@ -36,36 +40,55 @@ __all__ = ['RECIPE', 'PRESETS', 'DEMO', 'RECIPES', 'EXIT_USAGE', 'EXIT_NONFINITE
            'save_preempted', 'start_run', 'validate', 'run', 'main', 'plot_curves']
 
 # %% ../nbs/16_train.ipynb #9556205e
-RECIPE = dict(epochs=310, warmup_epochs=5, drop=0., drop_path=0.1, model_ema_decay=0.99996, opt='adamw', min_lr=1e-5, warmup_lr=1e-6,
-              smoothing=PAPER_MIXUP['label_smoothing'], mixup=PAPER_MIXUP['mixup_alpha'], cutmix=PAPER_MIXUP['cutmix_alpha'],
+RECIPE = dict(epochs=310, warmup_epochs=5, drop=0., drop_path=0.1, model_ema_decay=0.99996,
+              opt='adamw', min_lr=1e-5, warmup_lr=1e-6, smoothing=PAPER_MIXUP['label_smoothing'],
+              mixup=PAPER_MIXUP['mixup_alpha'], cutmix=PAPER_MIXUP['cutmix_alpha'],
               reprob=PAPER_AUG['re_prob'], aa=PAPER_AUG['auto_augment'])
 PRESETS = {  # family: total batch, lr (for that batch), weight decay
     'small': dict(total_batch_size=1024, lr=1e-3, weight_decay=0.03),    # t2t_vit_7 / 10 / 12
     'medium': dict(total_batch_size=512, lr=5e-4, weight_decay=0.05),    # *_14
     'large': dict(total_batch_size=512, lr=5e-4, weight_decay=0.065),    # *_19, *_24
 }
-DEMO = dict(model='t2t_vit_7', img_size=32, epochs=20, warmup_epochs=3, total_batch_size=64, lr=1e-3, weight_decay=0.05, drop_path=0.05,
-            mixup=0., cutmix=0., reprob=0., aa=None, model_ema_decay=0.995, smoothing=0.1, workers=2,
-            model_kwargs=dict(embed_dim=128, depth=4, num_heads=4, mlp_ratio=2., token_dim=32, schedule=((3, 2, 1), (3, 2, 1), (3, 1, 1))))
-RECIPES = {  # --recipe: the two published fine-tuning routes; every value is a flag default, so each can be overridden
-    'finetune384': dict(img_size=384,                        # official README: "use --img-size 384" for the 384-px T2T-ViT-14 (83.3%)
-                        weight_decay=5e-5,                   # official authors (yitu-opensource/T2T-ViT#44): only 1e-5 or 5e-5 when fine-tuning
-                        lr=5e-6, lr_base_batch=512, min_lr=5e-6, warmup_epochs=0,   # no official value: the constant small lr of
-                        epochs=30),                          #   LV-ViT's 384-px fine-tune script; 30 epochs is our short schedule
-    'transfer': dict(img_size=224, opt='momentum',          # official README, section 5 (CIFAR resized to 224); transfer_learning.py: SGD, momentum 0.9
-                     lr=0.05, lr_base_batch=64,              # README's command: --lr 0.05 --b 64
-                     weight_decay=5e-4, min_lr=2e-4, drop_path=0.1,   # transfer_learning.py defaults (--wd, --min-lr, --drop-path)
-                     epochs=60, warmup_epochs=0,             # paper Sec. 4.1 "60 epochs ... SGD ... cosine"; the script's 60-epoch CosineAnnealingLR
-                     transfer_ratio=0.01,                    # transfer_learning.py --transfer-ratio: T2T module and blocks at 0.01 x lr
-                     mixup=0., cutmix=0., reprob=0., aa=None, smoothing=0.,   # the script: crop and flip only, plain cross-entropy
-                     model_ema_decay=0.9998),                # no EMA there; ours, short enough for a 60-epoch run
+DEMO = dict(model='t2t_vit_7', img_size=32, epochs=20, warmup_epochs=3, total_batch_size=64,
+            lr=1e-3, weight_decay=0.05, drop_path=0.05, mixup=0., cutmix=0., reprob=0., aa=None,
+            model_ema_decay=0.995, smoothing=0.1, workers=2,
+            model_kwargs=dict(embed_dim=128, depth=4, num_heads=4, mlp_ratio=2., token_dim=32,
+                              schedule=((3, 2, 1), (3, 2, 1), (3, 1, 1))))
+# --recipe: the two published fine-tuning routes; every value is a flag default, so each can be
+# overridden
+RECIPES = {
+    'finetune384': dict(
+        # official README: "use --img-size 384" for the 384-px T2T-ViT-14 (83.3%)
+        img_size=384,
+        # official authors (yitu-opensource/T2T-ViT#44): only 1e-5 or 5e-5 when fine-tuning
+        weight_decay=5e-5,
+        # no official value: the constant small lr of LV-ViT's 384-px fine-tune script;
+        # 30 epochs is our short schedule
+        lr=5e-6, lr_base_batch=512, min_lr=5e-6, warmup_epochs=0, epochs=30),
+    'transfer': dict(
+        # official README, section 5 (CIFAR resized to 224); transfer_learning.py: SGD, momentum 0.9
+        img_size=224, opt='momentum',
+        lr=0.05, lr_base_batch=64,                        # README's command: --lr 0.05 --b 64
+        # transfer_learning.py defaults (--wd, --min-lr, --drop-path)
+        weight_decay=5e-4, min_lr=2e-4, drop_path=0.1,
+        # paper Sec. 4.1 "60 epochs ... SGD ... cosine"; the script's 60-epoch CosineAnnealingLR
+        epochs=60, warmup_epochs=0,
+        # transfer_learning.py --transfer-ratio: T2T module and blocks at 0.01 x lr
+        transfer_ratio=0.01,
+        # the script: crop and flip only, plain cross-entropy
+        mixup=0., cutmix=0., reprob=0., aa=None, smoothing=0.,
+        # no EMA there; ours, short enough for a 60-epoch run
+        model_ema_decay=0.9998),
 }
-EXIT_USAGE, EXIT_NONFINITE, EXIT_PREEMPTED = 2, 3, 75   # 75 = EX_TEMPFAIL: "try again" (with --resume auto)
+# 75 = EX_TEMPFAIL: "try again" (with --resume auto)
+EXIT_USAGE, EXIT_NONFINITE, EXIT_PREEMPTED = 2, 3, 75
 
 def preset_for(model:str) -> dict:
     "The recipe's batch/lr/weight decay for a variant's family."
-    if model not in VARIANTS: raise UsageError(f'unknown model {model!r}; valid names: {", ".join(VARIANTS)}')
-    family = 'small' if model in ('t2t_vit_7', 't2t_vit_10', 't2t_vit_12') else 'large' if model.split('_')[-1] in ('19', '24') else 'medium'
+    if model not in VARIANTS:
+        raise UsageError(f'unknown model {model!r}; valid names: {", ".join(VARIANTS)}')
+    family = ('small' if model in ('t2t_vit_7', 't2t_vit_10', 't2t_vit_12')
+              else 'large' if model.split('_')[-1] in ('19', '24') else 'medium')
     return PRESETS[family]
 
 def scaled_lr(lr:float, base_batch:int, total_batch:int) -> float:
@@ -75,58 +98,86 @@ def scaled_lr(lr:float, base_batch:int, total_batch:int) -> float:
 # %% ../nbs/16_train.ipynb #9a839734
 def get_parser():
     "The `t2t-train` command line."
-    p = argparse.ArgumentParser('t2t-train', description='Train a T2T-ViT with the paper\'s recipe (1..N GPUs with torchrun, or CPU).')
+    p = argparse.ArgumentParser('t2t-train', description='Train a T2T-ViT with the paper\'s recipe '
+                                '(1..N GPUs with torchrun, or CPU).')
     g = p.add_argument_group('data and model').add_argument
-    g('--data', default=None, help='ImageNet-style folder with train/ and val/ (default: the embedded digits demo)')
-    g('--model', default=None, help=f'one of {", ".join(VARIANTS)} (default: t2t_vit_14, or the demo model without --data)')
-    g('--img-size', type=int, default=None); g('--num-classes', type=int, default=None, help='default: the number of class folders')
-    g('--model-kwargs', type=json.loads, default=None, help='JSON of extra T2TViT arguments, e.g. \'{"depth": 4}\'')
-    g('--finetune', default=None, metavar='FILE', help='start a new run from these weights (official, mmpretrain, ours, safetensors; EMA preferred): '
-      'head reset for another class count, position table resampled for another --img-size; no optimizer state (that is --resume)')
-    g('--recipe', default=None, choices=sorted(RECIPES), help='fine-tuning presets: finetune384 (224 -> 384 px), transfer (the paper\'s CIFAR transfer); flags override them')
-    g('--grad-checkpointing', action='store_true', help='recompute the T2T module and blocks in backward (less activation memory, more compute)')
-    g('--channels-last', action='store_true', help='model and images in channels-last memory format')
+    g('--data', default=None,
+      help='ImageNet-style folder with train/ and val/ (default: the embedded digits demo)')
+    g('--model', default=None, help=f'one of {", ".join(VARIANTS)} '
+      '(default: t2t_vit_14, or the demo model without --data)')
+    g('--img-size', type=int, default=None)
+    g('--num-classes', type=int, default=None, help='default: the number of class folders')
+    g('--model-kwargs', type=json.loads, default=None,
+      help='JSON of extra T2TViT arguments, e.g. \'{"depth": 4}\'')
+    g('--finetune', default=None, metavar='FILE', help='start a new run from these weights '
+      '(official, mmpretrain, ours, safetensors; EMA preferred): head reset for another '
+      'class count, position table resampled for another --img-size; no optimizer state '
+      '(that is --resume)')
+    g('--recipe', default=None, choices=sorted(RECIPES), help='fine-tuning presets: finetune384 '
+      '(224 -> 384 px), transfer (the paper\'s CIFAR transfer); flags override them')
+    g('--grad-checkpointing', action='store_true', help='recompute the T2T module and blocks in '
+      'backward (less activation memory, more compute)')
+    g('--channels-last', action='store_true',
+      help='model and images in channels-last memory format')
     grp = p.add_argument_group('schedule and optimizer'); g = grp.add_argument
     g('--epochs', type=int); g('--warmup-epochs', type=int)
-    one = grp.add_mutually_exclusive_group().add_argument      # the two ways to give the batch: one or the other
-    one('-b', '--batch-size', type=int, help='images per process and step, as in timm\'s train.py, DeiT and the official code '
-        '(default: --total-batch-size / processes / --accum-steps)')
-    one('--total-batch-size', type=int, help='images per optimizer update over all processes: -b x processes x --accum-steps '
-        '(recipe: 1024 for 7/10/12, 512 otherwise)')
-    g('--lr', type=float, help='learning rate for --lr-base-batch (default: the recipe\'s, for its batch)')
-    g('--lr-base-batch', type=int, help='total batch the --lr is meant for (default: the recipe\'s total batch)')
+    # the two ways to give the batch: one or the other
+    one = grp.add_mutually_exclusive_group().add_argument
+    one('-b', '--batch-size', type=int, help='images per process and step, as in timm\'s train.py, '
+        'DeiT and the official code (default: --total-batch-size / processes / --accum-steps)')
+    one('--total-batch-size', type=int, help='images per optimizer update over all processes: '
+        '-b x processes x --accum-steps (recipe: 1024 for 7/10/12, 512 otherwise)')
+    g('--lr', type=float,
+      help='learning rate for --lr-base-batch (default: the recipe\'s, for its batch)')
+    g('--lr-base-batch', type=int,
+      help='total batch the --lr is meant for (default: the recipe\'s total batch)')
     g('--weight-decay', type=float); g('--min-lr', type=float); g('--warmup-lr', type=float)
     g('--opt', default=None, help="timm optimizer name (recipe: adamw)")
-    g('--opt-kwargs', type=json.loads, default=None, help='JSON of extra optimizer arguments, e.g. \'{"fused": true}\' (default on CUDA for adam/adamw/sgd: fused)')
+    g('--opt-kwargs', type=json.loads, default=None, help='JSON of extra optimizer arguments, '
+      'e.g. \'{"fused": true}\' (default on CUDA for adam/adamw/sgd: fused)')
     g('--clip-grad', type=float, default=None, help='clip the gradient norm to this value')
-    g('--layer-decay', type=float, default=None, help="timm's layer-wise lr decay (e.g. 0.75): each block's lr x decay^(depth - block), by the model's group_matcher")
-    g('--transfer-ratio', type=float, default=None, help='lr of the T2T module, tokens and blocks as a fraction of the head\'s (official transfer: 0.01)')
-    g('--sched-on-updates', action='store_true', help='warmup and cosine decay per optimizer update (default: per epoch, as the official recipe)')
+    g('--layer-decay', type=float, default=None, help="timm's layer-wise lr decay (e.g. 0.75): "
+      "each block's lr x decay^(depth - block), by the model's group_matcher")
+    g('--transfer-ratio', type=float, default=None, help='lr of the T2T module, tokens and blocks '
+      'as a fraction of the head\'s (official transfer: 0.01)')
+    g('--sched-on-updates', action='store_true', help='warmup and cosine decay per optimizer '
+      'update (default: per epoch, as the official recipe)')
     g('--accum-steps', type=int, default=1, help='gradient accumulation steps')
     g = p.add_argument_group('regularisation').add_argument
     g('--smoothing', type=float); g('--drop', type=float); g('--drop-path', type=float)
-    g('--mixup', type=float); g('--cutmix', type=float); g('--reprob', type=float); g('--aa', type=str, help="RandAugment spec, 'none' to disable")
-    g('--no-aug', action='store_true', help='train on the eval transform (no augmentation, no mixup): for tests')
+    g('--mixup', type=float); g('--cutmix', type=float); g('--reprob', type=float)
+    g('--aa', type=str, help="RandAugment spec, 'none' to disable")
+    g('--no-aug', action='store_true',
+      help='train on the eval transform (no augmentation, no mixup): for tests')
     g('--model-ema-decay', type=float); g('--no-ema', action='store_true')
     g = p.add_argument_group('data loading').add_argument
-    g('--workers', type=int, help='loader processes per rank, for training and validation (kept alive between epochs)')
-    g('--pin-mem', action=argparse.BooleanOptionalAction, default=None, help='page-locked batches for faster copies to the GPU (default: on with CUDA)')
+    g('--workers', type=int,
+      help='loader processes per rank, for training and validation (kept alive between epochs)')
+    g('--pin-mem', action=argparse.BooleanOptionalAction, default=None,
+      help='page-locked batches for faster copies to the GPU (default: on with CUDA)')
     g = p.add_argument_group('run').add_argument
     g('--output', default=None, help='run folder (default: runs/<model>)')
-    g('--resume', default='', help="'auto' (the newest checkpoint of --output that loads), a checkpoint path, or '' for a new run")
-    g('--overwrite', action='store_true', help='start a new run in a folder that holds one: its run files move into old-<time>/')
-    g('--keep-last', type=int, default=2, help='keep this many epoch checkpoints (checkpoint-<epoch>.pth.tar) besides last and best')
-    g('--max-nonfinite', type=int, default=5, help='stop after this many non-finite losses in a row')
+    g('--resume', default='', help="'auto' (the newest checkpoint of --output that loads), "
+      "a checkpoint path, or '' for a new run")
+    g('--overwrite', action='store_true', help='start a new run in a folder that holds one: '
+      'its run files move into old-<time>/')
+    g('--keep-last', type=int, default=2, help='keep this many epoch checkpoints '
+      '(checkpoint-<epoch>.pth.tar) besides last and best')
+    g('--max-nonfinite', type=int, default=5,
+      help='stop after this many non-finite losses in a row')
     g('--seed', type=int, default=0); g('--device', default=None, choices=['cpu', 'cuda'])
     g('--compile', action='store_true', help='torch.compile the model')
-    g('--max-steps-per-epoch', type=int, default=None, help='cap the steps of each epoch (smoke tests)')
+    g('--max-steps-per-epoch', type=int, default=None,
+      help='cap the steps of each epoch (smoke tests)')
     g('--no-progress', action='store_true')
-    g('--log-interval', type=int, default=50, help='read the device\'s counters (loss, non-finite steps) once per this many updates: the only host sync of a step')
+    g('--log-interval', type=int, default=50, help='read the device\'s counters (loss, non-finite '
+      'steps) once per this many updates: the only host sync of a step')
     add_amp_argument(p)
     return p
 
 def resolve_args(args:argparse.Namespace) -> argparse.Namespace:
-    "A copy of `args` with unset flags filled from the demo preset (no --data) or the paper's recipe for the model's family."
+    ("A copy of `args` with unset flags filled from the demo preset (no --data) or the paper's "
+     "recipe for the model's family.")
     args = argparse.Namespace(**vars(args))
     demo = args.data is None
     base = dict(RECIPE, **(DEMO if demo else {}))
@@ -134,101 +185,144 @@ def resolve_args(args:argparse.Namespace) -> argparse.Namespace:
     if not demo and args.model in VARIANTS: base.update(preset_for(args.model), workers=8)
     elif args.model != DEMO['model']: base['model_kwargs'] = {}
     if args.recipe: base.update(RECIPES[args.recipe])
-    if args.batch_size is not None: base.pop('total_batch_size', None)     # -b given: the total follows from it
+    # -b given: the total follows from it
+    if args.batch_size is not None: base.pop('total_batch_size', None)
     for k, v in base.items():
         if getattr(args, k, None) is None: setattr(args, k, v)
-    if args.lr_base_batch is None: args.lr_base_batch = base.get('total_batch_size', PRESETS['medium']['total_batch_size'])
+    if args.lr_base_batch is None:
+        args.lr_base_batch = base.get('total_batch_size', PRESETS['medium']['total_batch_size'])
     if args.img_size is None: args.img_size = 224
     if args.aa in ('none', ''): args.aa = None
     if args.no_aug: args.mixup = args.cutmix = args.reprob = 0.; args.aa = None
-    args.model_kwargs = {} if args.model_kwargs is None else args.model_kwargs   # check_args refuses anything but an object
+    # check_args refuses anything but an object
+    args.model_kwargs = {} if args.model_kwargs is None else args.model_kwargs
     if isinstance(args.model_kwargs, dict): args.model_kwargs = dict(args.model_kwargs)
     if args.opt_kwargs is None: args.opt_kwargs = {}
     return args
 
 # %% ../nbs/16_train.ipynb #43ea189d
-OWN_FLAGS = dict(img_size='--img-size', num_classes='--num-classes', drop_rate='--drop', drop_path_rate='--drop-path')
+OWN_FLAGS = dict(img_size='--img-size', num_classes='--num-classes', drop_rate='--drop',
+                 drop_path_rate='--drop-path')
 
-def _flag(name:str) -> str: return '-b/--batch-size' if name == 'batch_size' else '--' + name.replace('_', '-')
+def _flag(name:str) -> str:
+    return '-b/--batch-size' if name == 'batch_size' else '--' + name.replace('_', '-')
 
 def check_model_kwargs(kwargs:dict):
     "Raise a UsageError for a --model-kwargs key that T2TViT does not take, listing the valid ones."
-    if not isinstance(kwargs, dict): raise UsageError(f'--model-kwargs {json.dumps(kwargs)}: must be a JSON object, e.g. \'{{"depth": 4}}\'')
+    if not isinstance(kwargs, dict):
+        raise UsageError(f'--model-kwargs {json.dumps(kwargs)}: must be a JSON object, '
+                         f'e.g. \'{{"depth": 4}}\'')
     valid = [k for k in inspect.signature(T2TViT).parameters if k not in OWN_FLAGS]
     for k in kwargs:
-        if k in OWN_FLAGS: raise UsageError(f'--model-kwargs: pass {k} with {OWN_FLAGS[k]}, not inside --model-kwargs')
-        if k not in valid: raise UsageError(f'--model-kwargs: unknown key {k!r}; valid keys: {", ".join(valid)}')
+        if k in OWN_FLAGS:
+            raise UsageError(f'--model-kwargs: pass {k} with {OWN_FLAGS[k]}, not inside '
+                             '--model-kwargs')
+        if k not in valid:
+            raise UsageError(f'--model-kwargs: unknown key {k!r}; valid keys: {", ".join(valid)}')
 
 def split_batch(args:argparse.Namespace, world:int) -> argparse.Namespace:
-    "A copy of `args` with both batch sizes: -b/--batch-size per process and step, --total-batch-size = -b x processes x --accum-steps."
+    ("A copy of `args` with both batch sizes: -b/--batch-size per process and step, "
+     "--total-batch-size = -b x processes x --accum-steps.")
     step = world * args.accum_steps
     if args.batch_size is not None: per = args.batch_size
     elif args.total_batch_size % step:
-        raise UsageError(f'--total-batch-size {args.total_batch_size} does not divide by {world} process(es) x --accum-steps {args.accum_steps}; '
+        raise UsageError(f'--total-batch-size {args.total_batch_size} does not divide by {world} '
+                         f'process(es) x --accum-steps {args.accum_steps}; '
                          f'use a multiple of {step}, or give -b/--batch-size per process')
     else: per = args.total_batch_size // step
     return argparse.Namespace(**{**vars(args), 'batch_size': per, 'total_batch_size': per * step})
 
 def batch_line(per:int, world:int, accum:int=1) -> str:
-    "'batch: P per process x W processes = T total', with the accumulation steps when there are several."
+    ("'batch: P per process x W processes = T total', with the accumulation steps when there "
+     "are several.")
     acc = f' x {accum} accumulation steps' if accum > 1 else ''
-    return f'batch: {per} per process x {world} process{"es" if world != 1 else ""}{acc} = {per * world * accum} total'
+    return (f'batch: {per} per process x {world} process{"es" if world != 1 else ""}{acc} '
+            f'= {per * world * accum} total')
 
 def check_args(args:argparse.Namespace, world:int):
     "Every check that needs neither data nor model: a UsageError naming the flag and the fix."
-    if args.model not in VARIANTS: raise UsageError(f'unknown model {args.model!r}; valid names: {", ".join(VARIANTS)}')
-    for k in ('epochs', 'batch_size', 'total_batch_size', 'accum_steps', 'lr_base_batch', 'max_nonfinite', 'img_size', 'log_interval'):
+    if args.model not in VARIANTS:
+        raise UsageError(f'unknown model {args.model!r}; valid names: {", ".join(VARIANTS)}')
+    for k in ('epochs', 'batch_size', 'total_batch_size', 'accum_steps', 'lr_base_batch',
+              'max_nonfinite', 'img_size', 'log_interval'):
         v = getattr(args, k)
         if v is not None and v < 1: raise UsageError(f'{_flag(k)} {v}: must be at least 1')
     if args.max_steps_per_epoch is not None and args.max_steps_per_epoch < 1:
-        raise UsageError(f'--max-steps-per-epoch {args.max_steps_per_epoch}: must be at least 1 (leave it out for whole epochs)')
+        raise UsageError(f'--max-steps-per-epoch {args.max_steps_per_epoch}: must be at least 1 '
+                         '(leave it out for whole epochs)')
     if args.num_classes is not None and args.num_classes < 1:
-        raise UsageError(f'--num-classes {args.num_classes}: a classifier needs at least 1 class (leave it out to use the number of class folders)')
-    for k in ('workers', 'warmup_epochs', 'keep_last', 'weight_decay', 'drop', 'drop_path', 'smoothing', 'mixup', 'cutmix', 'reprob'):
+        raise UsageError(f'--num-classes {args.num_classes}: a classifier needs at least 1 class '
+                         '(leave it out to use the number of class folders)')
+    for k in ('workers', 'warmup_epochs', 'keep_last', 'weight_decay', 'drop', 'drop_path',
+              'smoothing', 'mixup', 'cutmix', 'reprob'):
         v = getattr(args, k)
         if not (v >= 0): raise UsageError(f'{_flag(k)} {v}: must be 0 or more')
         if v == math.inf: raise UsageError(f'{_flag(k)} {v}: must be a finite number')
     for k in ('drop', 'drop_path', 'smoothing', 'reprob'):
-        if getattr(args, k) >= 1: raise UsageError(f'{_flag(k)} {getattr(args, k)}: a probability, must be below 1')
+        if getattr(args, k) >= 1:
+            raise UsageError(f'{_flag(k)} {getattr(args, k)}: a probability, must be below 1')
     for k in ('lr', 'min_lr', 'warmup_lr'):
         v = getattr(args, k)
-        if not math.isfinite(v) or v < 0 or (k == 'lr' and v == 0): raise UsageError(f'{_flag(k)} {v}: must be a finite number above 0' if k == 'lr' else f'{_flag(k)} {v}: must be a finite number, 0 or more')
+        if not math.isfinite(v) or v < 0 or (k == 'lr' and v == 0):
+            raise UsageError(f'{_flag(k)} {v}: must be a finite number above 0' if k == 'lr'
+                             else f'{_flag(k)} {v}: must be a finite number, 0 or more')
     if args.clip_grad is not None and not (0 < args.clip_grad < math.inf):
-        raise UsageError(f'--clip-grad {args.clip_grad}: must be a finite number above 0 (leave it out for no clipping)')
-    if not (0 <= args.model_ema_decay <= 1): raise UsageError(f'--model-ema-decay {args.model_ema_decay}: must be between 0 and 1, e.g. 0.9998')
+        raise UsageError(f'--clip-grad {args.clip_grad}: must be a finite number above 0 '
+                         '(leave it out for no clipping)')
+    if not (0 <= args.model_ema_decay <= 1):
+        raise UsageError(f'--model-ema-decay {args.model_ema_decay}: must be between 0 and 1, '
+                         'e.g. 0.9998')
     split_batch(args, world)
-    if args.output is not None and not str(args.output).strip(): raise UsageError('--output: an empty path; give a folder, or leave it out for runs/<model>')
-    if args.resume and args.overwrite: raise UsageError('--resume and --overwrite contradict each other: keep the run (--resume) or move it aside (--overwrite)')
+    if args.output is not None and not str(args.output).strip():
+        raise UsageError('--output: an empty path; give a folder, or leave it out for runs/<model>')
+    if args.resume and args.overwrite:
+        raise UsageError('--resume and --overwrite contradict each other: keep the run (--resume) '
+                         'or move it aside (--overwrite)')
     check_model_kwargs(args.model_kwargs)
     for k in ('layer_decay', 'transfer_ratio'):
         v = getattr(args, k)
-        if v is not None and not (0 < v <= 1): raise UsageError(f'{_flag(k)} {v}: must be above 0 and at most 1')
+        if v is not None and not (0 < v <= 1):
+            raise UsageError(f'{_flag(k)} {v}: must be above 0 and at most 1')
     if args.layer_decay is not None and args.transfer_ratio not in (None, 1):
-        raise UsageError('--layer-decay and --transfer-ratio both scale the backbone\'s lr: choose one')
-    if args.finetune is not None and not args.resume and not Path(args.finetune).is_file():   # resuming never reads it
-        raise UsageError(f'--finetune {args.finetune}: no such checkpoint file; give the path of a .pth/.pth.tar/.safetensors file')
-    if not isinstance(args.opt_kwargs, dict): raise UsageError(f'--opt-kwargs {json.dumps(args.opt_kwargs)}: must be a JSON object, e.g. \'{{"fused": true}}\'')
+        raise UsageError('--layer-decay and --transfer-ratio both scale the backbone\'s lr: '
+                         'choose one')
+    # resuming never reads it
+    if args.finetune is not None and not args.resume and not Path(args.finetune).is_file():
+        raise UsageError(f'--finetune {args.finetune}: no such checkpoint file; '
+                         'give the path of a .pth/.pth.tar/.safetensors file')
+    if not isinstance(args.opt_kwargs, dict):
+        raise UsageError(f'--opt-kwargs {json.dumps(args.opt_kwargs)}: must be a JSON object, '
+                         f'e.g. \'{{"fused": true}}\'')
     if args.data is not None: split_dirs(args.data)
 
 def check_buildable(args:argparse.Namespace, device):
-    "Build the model on the meta device (no memory), the optimizer on one tensor and the augmentation: their errors as UsageErrors, before any data is read."
-    kw = dict(img_size=args.img_size, num_classes=args.num_classes or 1000, drop_rate=args.drop, drop_path_rate=args.drop_path)
+    ("Build the model on the meta device (no memory), the optimizer on one tensor and the "
+     "augmentation: their errors as UsageErrors, before any data is read.")
+    kw = dict(img_size=args.img_size, num_classes=args.num_classes or 1000, drop_rate=args.drop,
+              drop_path_rate=args.drop_path)
     try:
-        with torch.device('meta'): n = sum(p.numel() for p in create_model(args.model, **kw, **args.model_kwargs).parameters())
+        with torch.device('meta'):
+            n = sum(p.numel()
+                    for p in create_model(args.model, **kw, **args.model_kwargs).parameters())
     except (ValueError, TypeError, RuntimeError, AssertionError, NotImplementedError) as e:
         raise UsageError(f'--img-size {args.img_size} / --model-kwargs: {e}') from None
     device = torch.device(device)
     have = (torch.cuda.get_device_properties(device).total_memory if device.type == 'cuda'
             else os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))
-    if 20 * n > have:                                  # fp32 weights, gradients, two AdamW moments and the EMA: 5 x 4 bytes each
-        raise UsageError(f'{args.model} with these flags has {n / 1e6:,.0f}M parameters: about {20 * n / 2**30:,.0f} GiB for weights, '
-                         f'gradients, optimizer state and EMA, more than the {have / 2**30:,.0f} GiB of {device.type} memory; '
+    # fp32 weights, gradients, two AdamW moments and the EMA: 5 x 4 bytes each
+    if 20 * n > have:
+        raise UsageError(f'{args.model} with these flags has {n / 1e6:,.0f}M parameters: about '
+                         f'{20 * n / 2**30:,.0f} GiB for weights, gradients, optimizer state and '
+                         f'EMA, more than the {have / 2**30:,.0f} GiB of {device.type} memory; '
                          'check --img-size, --num-classes and --model-kwargs')
-    try: create_optimizer_v2(nn.Linear(1, 1), opt=args.opt, lr=1e-3, weight_decay=args.weight_decay, **args.opt_kwargs)
-    except (TypeError, ValueError, AssertionError, RuntimeError, KeyError) as e: raise UsageError(f'--opt {args.opt} / --opt-kwargs: {e}') from None
+    try: create_optimizer_v2(nn.Linear(1, 1), opt=args.opt, lr=1e-3, weight_decay=args.weight_decay,
+                             **args.opt_kwargs)
+    except (TypeError, ValueError, AssertionError, RuntimeError, KeyError) as e:
+        raise UsageError(f'--opt {args.opt} / --opt-kwargs: {e}') from None
     if args.data is not None and not args.no_aug:
         try: train_transform(args.img_size, auto_augment=args.aa, re_prob=args.reprob)
-        except Exception as e: raise UsageError(f'--aa {args.aa}: {type(e).__name__}: {e}') from None
+        except Exception as e:
+            raise UsageError(f'--aa {args.aa}: {type(e).__name__}: {e}') from None
 
 # %% ../nbs/16_train.ipynb #954372ce
 RUN_FILES = ('last.pth.tar', 'model_best.pth.tar', 'metrics.csv', 'args.yaml', 'log.txt')
@@ -236,24 +330,30 @@ RUN_FILES = ('last.pth.tar', 'model_best.pth.tar', 'metrics.csv', 'args.yaml', '
 def run_files(out:Path) -> list:
     "Names of the files in `out` that belong to a training run."
     if not out.is_dir(): return []
-    return [f for f in RUN_FILES if (out / f).exists()] + sorted(p.name for p in out.glob('checkpoint-*.pth.tar'))
+    return ([f for f in RUN_FILES if (out / f).exists()]
+            + sorted(p.name for p in out.glob('checkpoint-*.pth.tar')))
 
-RUN_MADE = RUN_FILES + ('resumes.yaml', 'curves.png', 'tensorboard')   # what a run writes besides checkpoint-*.pth.tar
+# what a run writes besides checkpoint-*.pth.tar
+RUN_MADE = RUN_FILES + ('resumes.yaml', 'curves.png', 'tensorboard')
 
 def check_output(out:Path, resume:str, overwrite:bool, data=None):
-    "Refuse a folder a run cannot write in (chapter 13's checks; never inside the data) or one that holds another run, naming the ways forward."
+    ("Refuse a folder a run cannot write in (chapter 13's checks; never inside the data) or one "
+     "that holds another run, naming the ways forward.")
     check_output_folder(out, '--output', inputs=[data])
     found = run_files(out)
     if found and not resume and not overwrite:
-        raise UsageError(f'{out} already holds a run ({", ".join(found[:4])}); continue it with --resume auto, '
-                         f'or start over with --overwrite (its files move into {out / "old-<time>"}/), or choose another --output')
+        raise UsageError(f'{out} already holds a run ({", ".join(found[:4])}); continue it with '
+                         '--resume auto, or start over with --overwrite (its files move into '
+                         f'{out / "old-<time>"}/), or choose another --output')
 
 def move_aside(out:Path) -> Path:
-    "Move the files a run wrote in `out` into out/old-<UTC time>/ (anything else stays where it is); returns that folder."
+    ("Move the files a run wrote in `out` into out/old-<UTC time>/ (anything else stays where it "
+     "is); returns that folder.")
     dest = out / datetime.now(timezone.utc).strftime('old-%Y%m%d-%H%M%S')
     dest.mkdir()
     for p in sorted(out.iterdir()):
-        if p.name in RUN_MADE or p.name.startswith('checkpoint-'): shutil.move(str(p), str(dest / p.name))
+        if p.name in RUN_MADE or p.name.startswith('checkpoint-'):
+            shutil.move(str(p), str(dest / p.name))
     return dest
 
 def _plain(v):
@@ -264,26 +364,34 @@ def write_args(out:Path, args:argparse.Namespace, changes:dict=None, resumed_fro
     "A new run writes args.yaml; a resumed one appends its changed flags to resumes.yaml."
     import yaml
     if resumed_from is None or not (out / 'args.yaml').exists():
-        atomic_write(out / 'args.yaml', lambda t: Path(t).write_text(yaml.safe_dump(_plain(vars(args)), sort_keys=True)))
+        atomic_write(out / 'args.yaml', lambda t: Path(t).write_text(
+            yaml.safe_dump(_plain(vars(args)), sort_keys=True)))
     if resumed_from is not None:
-        entry = dict(time=datetime.now(timezone.utc).isoformat(timespec='seconds'), command=args.command, checkpoint=str(resumed_from),
-                     changed={k: dict(old=_plain(a), new=_plain(b)) for k, (a, b) in (changes or {}).items()})
+        entry = dict(time=datetime.now(timezone.utc).isoformat(timespec='seconds'),
+                     command=args.command, checkpoint=str(resumed_from),
+                     changed={k: dict(old=_plain(a), new=_plain(b))
+                              for k, (a, b) in (changes or {}).items()})
         with open(out / 'resumes.yaml', 'a') as f: f.write(yaml.safe_dump([entry], sort_keys=False))
 
 # %% ../nbs/16_train.ipynb #003c07a1
 class TrainState:
     "Model, EMA, optimizer, scheduler, scaler, and the position of a run; saves and loads itself."
     def __init__(self, model, ema, optimizer, scheduler, scaler=None):
-        self.model, self.ema, self.optimizer, self.scheduler, self.scaler = model, ema, optimizer, scheduler, scaler
-        self.epoch, self.step, self.batch, self.best, self.partial, self.rng = 0, 0, 0, None, None, None
+        self.model, self.ema, self.optimizer, self.scheduler, self.scaler = (
+            model, ema, optimizer, scheduler, scaler)
+        self.epoch, self.step, self.batch, self.best, self.partial, self.rng = (
+            0, 0, 0, None, None, None)
 
     def checkpoint(self, args, class_names, metric=None, rng=None) -> dict:
         "The checkpoint dict: the official layout plus what an exact resume and `t2t-eval` need."
-        ck = dict(epoch=self.epoch - 1, step=self.step, batch=self.batch, arch=args.model, version=4, metric=metric, best=self.best,
-                  args=argparse.Namespace(**vars(args)), class_names=list(class_names),
-                  model_kwargs=dict(args.model_kwargs, img_size=args.img_size, num_classes=args.num_classes),
-                  state_dict=unwrap_model(self.model).state_dict(), optimizer=self.optimizer.state_dict(),
-                  scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict() if self.scaler else None,
+        ck = dict(epoch=self.epoch - 1, step=self.step, batch=self.batch, arch=args.model,
+                  version=4, metric=metric, best=self.best, args=argparse.Namespace(**vars(args)),
+                  class_names=list(class_names),
+                  model_kwargs=dict(args.model_kwargs, img_size=args.img_size,
+                                    num_classes=args.num_classes),
+                  state_dict=unwrap_model(self.model).state_dict(),
+                  optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                  scaler=self.scaler.state_dict() if self.scaler else None,
                   partial=self.partial, rng=rng)
         if self.ema is not None: ck['state_dict_ema'] = self.ema.module.state_dict()
         return ck
@@ -293,20 +401,27 @@ class TrainState:
         return torch_save(self.checkpoint(args, class_names, metric, rng), path)
 
     def load(self, ck:dict, rank:int=0):
-        "Take weights, optimizer, scaler and position from checkpoint `ck` (the schedule is rebuilt by the caller)."
-        unwrap_model(self.model).load_state_dict(ck['state_dict']); self.optimizer.load_state_dict(ck['optimizer'])
-        if self.ema is not None: self.ema.module.load_state_dict(ck.get('state_dict_ema') or ck['state_dict'])
+        ("Take weights, optimizer, scaler and position from checkpoint `ck` "
+         "(the schedule is rebuilt by the caller).")
+        unwrap_model(self.model).load_state_dict(ck['state_dict'])
+        self.optimizer.load_state_dict(ck['optimizer'])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(ck.get('state_dict_ema') or ck['state_dict'])
         if self.scaler and ck.get('scaler'): self.scaler.load_state_dict(ck['scaler'])
-        self.epoch, self.step, self.batch, self.best = ck['epoch'] + 1, ck['step'], ck.get('batch', 0), ck.get('best')
-        self.partial = ck.get('partial') if rank == 0 else None          # the epoch's sums so far, counted once
+        self.epoch, self.step, self.batch, self.best = (
+            ck['epoch'] + 1, ck['step'], ck.get('batch', 0), ck.get('best'))
+        # the epoch's sums so far, counted once
+        self.partial = ck.get('partial') if rank == 0 else None
         rngs = ck.get('rng') or []
         self.rng = rngs[rank] if isinstance(rngs, list) and len(rngs) > rank else None
 
 # %% ../nbs/16_train.ipynb #85ec81f2
 MUST_MATCH = ('model', 'model_kwargs', 'img_size', 'num_classes')
-REFUSED = ('total_batch_size', 'lr', 'lr_base_batch', 'accum_steps', 'world_size', 'seed', 'max_steps_per_epoch')
+REFUSED = ('total_batch_size', 'lr', 'lr_base_batch', 'accum_steps', 'world_size', 'seed',
+           'max_steps_per_epoch')
 SCHEDULE = ('epochs', 'warmup_epochs', 'min_lr', 'warmup_lr')
-NOT_COMPARED = ('resume', 'overwrite', 'output', 'data_root', 'lr_used', 'command', 'batch_size')   # batch_size follows from the total
+NOT_COMPARED = ('resume', 'overwrite', 'output', 'data_root', 'lr_used', 'command',
+                'batch_size')   # batch_size follows from the total
 
 def _epoch_of(p:Path) -> int:
     n = p.name[len('checkpoint-'):-len('.pth.tar')]
@@ -315,17 +430,22 @@ def _epoch_of(p:Path) -> int:
 def _usable(path:Path) -> dict:
     ck = read_checkpoint(path)
     missing = [k for k in ('state_dict', 'optimizer', 'epoch', 'step', 'args') if k not in ck]
-    if missing: raise CheckpointError(f'{path}: not a training checkpoint (no {", ".join(missing)}); give it to t2t-eval, or fine-tune from it')
+    if missing:
+        raise CheckpointError(f'{path}: not a training checkpoint (no {", ".join(missing)}); '
+                              'give it to t2t-eval, or fine-tune from it')
     for key in ('state_dict', 'state_dict_ema'):
         bad = nonfinite_report(ck.get(key) or {}, path, key)
         if bad: raise CheckpointError(bad)
     return ck
 
 def find_checkpoint(out:Path, resume:str) -> tuple:
-    "(path, checkpoint, [why each newer file was skipped]) to resume from; (None, None, skipped) for a new run."
+    ("(path, checkpoint, [why each newer file was skipped]) to resume from; "
+     "(None, None, skipped) for a new run.")
     if not resume: return None, None, []
     if resume != 'auto':
-        if not Path(resume).is_file(): raise UsageError(f'--resume {resume}: no such checkpoint file; give a path, or --resume auto')
+        if not Path(resume).is_file():
+            raise UsageError(f'--resume {resume}: no such checkpoint file; '
+                             'give a path, or --resume auto')
         try: return Path(resume), _usable(Path(resume)), []
         except CheckpointError as e: raise UsageError(f'--resume: {e}') from None
     epochs = sorted(out.glob('checkpoint-*.pth.tar'), key=_epoch_of, reverse=True)
@@ -333,28 +453,40 @@ def find_checkpoint(out:Path, resume:str) -> tuple:
     for p in [out / 'last.pth.tar', *epochs, out / 'model_best.pth.tar']:
         if not p.exists(): continue
         try: return p, _usable(p), skipped
-        except (CheckpointError, OSError) as e: skipped.append(f'{p.name}: {str(e).replace(str(p) + ": ", "")}')
+        except (CheckpointError, OSError) as e:
+            skipped.append(f'{p.name}: {str(e).replace(str(p) + ": ", "")}')
     return None, None, skipped
 
 def check_resume(ck:dict, args:argparse.Namespace, class_names:list) -> dict:
-    "Compare a checkpoint's flags with this run's: a UsageError for a mismatch or a refused change, else {flag: (old, new)}."
+    ("Compare a checkpoint's flags with this run's: a UsageError for a mismatch or a refused "
+     "change, else {flag: (old, new)}.")
     old = vars(ck['args']) if isinstance(ck['args'], argparse.Namespace) else dict(ck['args'])
-    if 'total_batch_size' not in old: old = dict(old, total_batch_size=old.get('batch_size'))   # before version 4, -b was the total
-    def differ(keys): return {k: (old.get(k), getattr(args, k, None)) for k in keys if _plain(old.get(k)) != _plain(getattr(args, k, None))}
+    # before version 4, -b was the total
+    if 'total_batch_size' not in old: old = dict(old, total_batch_size=old.get('batch_size'))
+    def differ(keys): return {k: (old.get(k), getattr(args, k, None)) for k in keys
+                              if _plain(old.get(k)) != _plain(getattr(args, k, None))}
     bad = differ(MUST_MATCH)
-    if ck.get('class_names') is not None and list(ck['class_names']) != list(class_names): bad['class folders'] = (ck['class_names'], class_names)
-    if bad: raise UsageError('--resume: the checkpoint is another model: ' + '; '.join(f'{k} was {a}, now {b}' for k, (a, b) in bad.items())
-                             + '; resume with the same model flags and data, or start a new run with another --output')
+    if ck.get('class_names') is not None and list(ck['class_names']) != list(class_names):
+        bad['class folders'] = (ck['class_names'], class_names)
+    if bad:
+        raise UsageError('--resume: the checkpoint is another model: '
+                         + '; '.join(f'{k} was {a}, now {b}' for k, (a, b) in bad.items())
+                         + '; resume with the same model flags and data, '
+                           'or start a new run with another --output')
     refused = differ(REFUSED)
-    if refused: raise UsageError('--resume: changing ' + ', '.join(f'{_flag(k)} ({a} -> {b})' for k, (a, b) in refused.items())
-                                 + ' mid-run is refused (the data order and the optimisation depend on it); resume with the old values, '
-                                   'or start a new run with another --output')
+    if refused:
+        raise UsageError('--resume: changing '
+                         + ', '.join(f'{_flag(k)} ({a} -> {b})' for k, (a, b) in refused.items())
+                         + ' mid-run is refused (the data order and the optimisation depend on it);'
+                           ' resume with the old values, or start a new run with another --output')
     return differ([k for k in vars(args) if k not in MUST_MATCH + REFUSED + NOT_COMPARED])
 
 # %% ../nbs/16_train.ipynb #1e8826ed
 class RunLog:
-    "log.txt, metrics.csv and TensorBoard of a run folder; rank 0 writes, the other ranks' calls do nothing."
-    FIELDS = ['epoch', 'lr', 'train_loss', 'top1', 'top5', 'val_loss', 'ema_top1', 'ema_top5', 'images_per_s', 'skipped', 'nonfinite', 'epoch_time']
+    ("log.txt, metrics.csv and TensorBoard of a run folder; rank 0 writes, the other ranks' calls "
+     "do nothing.")
+    FIELDS = ['epoch', 'lr', 'train_loss', 'top1', 'top5', 'val_loss', 'ema_top1', 'ema_top5',
+              'images_per_s', 'skipped', 'nonfinite', 'epoch_time']
     def __init__(self, out:Path, rank:int=0, keep_before:int=None):
         self.out, self.on, self.tb = Path(out), rank == 0, None
         if not self.on: return
@@ -371,7 +503,8 @@ class RunLog:
         if not f.exists(): return
         rows = [r for r in csv.DictReader(open(f)) if int(r['epoch']) < epoch]
         def write(t):
-            with open(t, 'w', newline='') as h: w = csv.DictWriter(h, fieldnames=self.FIELDS); w.writeheader(); w.writerows(rows)
+            with open(t, 'w', newline='') as h:
+                w = csv.DictWriter(h, fieldnames=self.FIELDS); w.writeheader(); w.writerows(rows)
         atomic_write(f, write)
         from torch.utils.tensorboard import SummaryWriter
         self.tb = SummaryWriter(self.out / 'tensorboard', purge_step=epoch)
@@ -398,7 +531,8 @@ class RunLog:
 
 # %% ../nbs/16_train.ipynb #722ed198
 class Preemption:
-    "SIGTERM/SIGUSR1 set a flag (inside `with`); `requested()` is agreed by all ranks, so every rank stops after the same step."
+    ("SIGTERM/SIGUSR1 set a flag (inside `with`); `requested()` is agreed by all ranks, "
+     "so every rank stops after the same step.")
     def __enter__(self):
         self.signal, self._old = None, {}
         if threading.current_thread() is threading.main_thread():
@@ -413,11 +547,13 @@ class Preemption:
 
     def requested(self, device) -> bool:
         "True on every rank when any rank received a stop signal."
-        if not dist.is_initialized(): return self.signal is not None       # one process: nothing to agree on, no device sync
+        # one process: nothing to agree on, no device sync
+        if not dist.is_initialized(): return self.signal is not None
         return self.flag(device).item() > 0
 
     def flag(self, device) -> torch.Tensor:
-        "1 on the device of every rank when any rank received a stop signal, else 0 (read it with the step's other counters)."
+        ("1 on the device of every rank when any rank received a stop signal, else 0 "
+         "(read it with the step's other counters).")
         flag = torch.tensor([1. if self.signal else 0.], device=device)
         if dist.is_initialized(): dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return flag
@@ -431,28 +567,36 @@ def gather_rng() -> list:
 # %% ../nbs/16_train.ipynb #c8f1627c
 class NonFiniteLoss(RuntimeError): "Raised after too many non-finite losses in a row."
 
-def backward_step(loss, optimizer, scaler, parameters, clip_grad:float=None, update:bool=True, found_inf=None):
-    "Backward (scaled by timm's NativeScaler for fp16) and, when `update`, the clipped optimizer step, skipped on the device where the flag `found_inf` is 1."
-    if scaler is not None: return scaler(loss, optimizer, clip_grad=clip_grad, parameters=parameters, need_update=update)
+def backward_step(loss, optimizer, scaler, parameters, clip_grad:float=None, update:bool=True,
+                  found_inf=None):
+    ("Backward (scaled by timm's NativeScaler for fp16) and, when `update`, the clipped optimizer "
+     "step, skipped on the device where the flag `found_inf` is 1.")
+    if scaler is not None: return scaler(loss, optimizer, clip_grad=clip_grad,
+                                         parameters=parameters, need_update=update)
     loss.backward()
     if not update: return
     if clip_grad: torch.nn.utils.clip_grad_norm_(parameters, clip_grad)
     if found_inf is None: return optimizer.step()
-    optimizer.grad_scale, optimizer.found_inf = None, found_inf       # as torch's GradScaler hands it to a fused optimizer
+    # as torch's GradScaler hands it to a fused optimizer
+    optimizer.grad_scale, optimizer.found_inf = None, found_inf
     try: optimizer.step()
     finally: del optimizer.grad_scale, optimizer.found_inf
 
 def skips_on_device(optimizer, scaler=None) -> bool:
-    "True when `optimizer` can skip a step on the device (torch's fused Adam/AdamW/SGD take `found_inf`); else the host decides once per update."
+    ("True when `optimizer` can skip a step on the device (torch's fused Adam/AdamW/SGD take "
+     "`found_inf`); else the host decides once per update.")
     return scaler is None and bool(getattr(optimizer, '_step_supports_amp_scaling', False))
 
 @torch.no_grad()
 def ema_update(ema, model, ok, step):
-    "timm's `ModelEmaV3.update(model, step)` for a device `step`, applied only where the device flag `ok` holds: no host sync."
+    ("timm's `ModelEmaV3.update(model, step)` for a device `step`, applied only where the device "
+     "flag `ok` holds: no host sync.")
     s = (step - ema.update_after_step - 1).clamp(min=0).double()
-    decay = ((1 - (1 + s / ema.warmup_gamma) ** -ema.warmup_power).clamp(max=ema.decay).clamp(min=ema.min_decay) if ema.use_warmup
+    decay = ((1 - (1 + s / ema.warmup_gamma) ** -ema.warmup_power).clamp(max=ema.decay)
+             .clamp(min=ema.min_decay) if ema.use_warmup
              else torch.full_like(s, ema.decay))
-    w = (torch.where(s > 0, 1 - decay, 1.) * ok).float()                 # the model's share: 1 at the first update, 0 for a skipped one
+    # the model's share: 1 at the first update, 0 for a skipped one
+    w = (torch.where(s > 0, 1 - decay, 1.) * ok).float()
     lerp_e, lerp_m = [], []
     for e, m in zip(ema.module.state_dict().values(), unwrap_model(model).state_dict().values()):
         if e.is_floating_point() and e.dtype == m.dtype: lerp_e.append(e); lerp_m.append(m)
@@ -461,33 +605,46 @@ def ema_update(ema, model, ok, step):
     if lerp_e: torch._foreach_lerp_(lerp_e, lerp_m, w)
 
 def _zero_grads_unless(parameters, ok):
-    "Every gradient set to 0 where the device flag `ok` is false (an accumulation that met a non-finite loss starts over)."
+    ("Every gradient set to 0 where the device flag `ok` is false "
+     "(an accumulation that met a non-finite loss starts over).")
     for p in parameters:
         if p.grad is not None: p.grad.copy_(torch.where(ok, p.grad, 0.))
 
 # %% ../nbs/16_train.ipynb #e90c1a01
-def train_one_epoch(model, state:TrainState, loader, loss_fn, mixup, device, args, log=print, stop:Preemption=None, progress:bool=True) -> tuple:
-    "Train epoch `state.epoch` from batch `state.batch` on; returns (metrics, stopped). The host waits for the device once per `args.log_interval` updates."
-    model.train(); opt, accum, every = state.optimizer, args.accum_steps, getattr(args, 'log_interval', 1)
-    p, on_device, ddp = state.partial or {}, skips_on_device(state.optimizer, state.scaler), dist.is_initialized()
-    sums = torch.tensor([p.get('loss_sum', 0.), p.get('images', 0), p.get('nonfinite', 0)], dtype=torch.float64, device=device)
-    step, in_row = torch.full((), state.step, device=device), torch.zeros((), dtype=torch.long, device=device)   # updates done; non-finite in a row
+def train_one_epoch(model, state:TrainState, loader, loss_fn, mixup, device, args, log=print,
+                    stop:Preemption=None, progress:bool=True) -> tuple:
+    ("Train epoch `state.epoch` from batch `state.batch` on; returns (metrics, stopped). "
+     "The host waits for the device once per `args.log_interval` updates.")
+    model.train()
+    opt, accum, every = state.optimizer, args.accum_steps, getattr(args, 'log_interval', 1)
+    p, on_device, ddp = (state.partial or {}, skips_on_device(state.optimizer, state.scaler),
+                         dist.is_initialized())
+    sums = torch.tensor([p.get('loss_sum', 0.), p.get('images', 0), p.get('nonfinite', 0)],
+                        dtype=torch.float64, device=device)
+    step, in_row = (torch.full((), state.step, device=device),            # updates done
+                    torch.zeros((), dtype=torch.long, device=device))     # non-finite in a row
     worst, last = torch.zeros_like(in_row), torch.zeros((), device=device)
-    h = argparse.Namespace(skipped=p.get('skipped', 0), nonfinite=int(p.get('nonfinite', 0)), updates=0, first=[])   # what the host knows
+    h = argparse.Namespace(skipped=p.get('skipped', 0), nonfinite=int(p.get('nonfinite', 0)),
+                           updates=0, first=[])   # what the host knows
     stopped, t0 = False, time.perf_counter() - p.get('time', 0.)
     limit = args.max_steps_per_epoch * accum if args.max_steps_per_epoch else None
-    bar = tqdm(loader, desc=f'epoch {state.epoch}', disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(loader, desc=f'epoch {state.epoch}', disable=not progress, leave=False,
+               dynamic_ncols=True)
 
     def sync(i, agree_stop=False) -> bool:
-        "The one host sync: read the counters (and the ranks' stop flag), report non-finite losses, stop after --max-nonfinite in a row."
+        ("The one host sync: read the counters (and the ranks' stop flag), report non-finite "
+         "losses, stop after --max-nonfinite in a row.")
         flags = [stop.flag(device).reshape(()).double()] if agree_stop else []
-        n_bad, w, step_, loss, *stop_ = torch.stack([sums[2], worst.double(), step.double(), last.double(), *flags]).tolist()
+        n_bad, w, step_, loss, *stop_ = torch.stack([sums[2], worst.double(), step.double(),
+                                                     last.double(), *flags]).tolist()
         state.step = int(step_)
         if n_bad > h.nonfinite:
-            log(f'warning: non-finite loss at step {state.step} or before (epoch {state.epoch}, batch {i}): {int(n_bad - h.nonfinite)} skipped '
-                f'since the last report, at most {int(w)} in a row'); h.nonfinite = int(n_bad)
+            log(f'warning: non-finite loss at step {state.step} or before (epoch {state.epoch}, '
+                f'batch {i}): {int(n_bad - h.nonfinite)} skipped since the last report, '
+                f'at most {int(w)} in a row'); h.nonfinite = int(n_bad)
         if w >= args.max_nonfinite:
-            raise NonFiniteLoss(f'{int(w)} non-finite losses in a row (by step {state.step}); lower --lr, add --clip-grad, or use --amp bf16/none')
+            raise NonFiniteLoss(f'{int(w)} non-finite losses in a row (by step {state.step}); '
+                                'lower --lr, add --clip-grad, or use --amp bf16/none')
         if progress: bar.set_postfix(loss=f'{loss:.3f}', lr=f'{opt.param_groups[0]["lr"]:.2e}')
         return bool(stop_ and stop_[0] > 0)
 
@@ -499,37 +656,47 @@ def train_one_epoch(model, state:TrainState, loader, loss_fn, mixup, device, arg
         h.skipped += len(bad); h.first = h.first or list(bad[:1])
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if args.channels_last: x = x.contiguous(memory_format=torch.channels_last)
-        if mixup is not None and len(x) % 2: x, y = x[:-1], y[:-1]          # mixup pairs images: even batch
+        # mixup pairs images: even batch
+        if mixup is not None and len(x) % 2: x, y = x[:-1], y[:-1]
         if mixup is not None and len(x): x, y = mixup(x, y)
         last_micro = (i + 1) % accum == 0
         with model.no_sync() if isinstance(model, DDP) and not last_micro else nullcontext():
             with autocast_for(device, args.amp):
-                loss = loss_fn(model(x), y) if len(x) else torch.zeros((), device=device, requires_grad=True)
+                loss = (loss_fn(model(x), y) if len(x)
+                        else torch.zeros((), device=device, requires_grad=True))
             ok = torch.isfinite(loss.detach())
-            if last_micro and ddp: f = ok.float(); dist.all_reduce(f, op=dist.ReduceOp.MIN); ok = f > 0   # ranks agree, on the device
-            if last_micro and not on_device:                                 # an optimizer that cannot skip on the device
-                if ok.item(): backward_step(loss / accum, opt, state.scaler, model.parameters(), args.clip_grad)
+            if last_micro and ddp:   # ranks agree, on the device
+                f = ok.float(); dist.all_reduce(f, op=dist.ReduceOp.MIN); ok = f > 0
+            if last_micro and not on_device:   # an optimizer that cannot skip on the device
+                if ok.item(): backward_step(loss / accum, opt, state.scaler, model.parameters(),
+                                            args.clip_grad)
             else:
-                backward_step(loss / accum, opt, state.scaler, model.parameters(), args.clip_grad, update=last_micro,
-                              found_inf=(~ok).float() if last_micro else None)
+                backward_step(loss / accum, opt, state.scaler, model.parameters(), args.clip_grad,
+                              update=last_micro, found_inf=(~ok).float() if last_micro else None)
                 if not last_micro: _zero_grads_unless(model.parameters(), ok)
-        sums[0] += torch.where(ok, loss.detach().double() * len(x), 0.); sums[1] += ok.double() * len(x); sums[2] += (~ok).double()
-        in_row = torch.where(ok, 0, in_row + 1); worst = torch.maximum(worst, in_row); last = loss.detach().float()
+        sums[0] += torch.where(ok, loss.detach().double() * len(x), 0.)
+        sums[1] += ok.double() * len(x); sums[2] += (~ok).double()
+        in_row = torch.where(ok, 0, in_row + 1); worst = torch.maximum(worst, in_row)
+        last = loss.detach().float()
         if not last_micro: continue
         step += ok.long()
         if state.ema is not None: ema_update(state.ema, model, ok, step)
         opt.zero_grad(set_to_none=True)
         state.batch, h.updates = i + 1, h.updates + 1
-        if args.sched_on_updates: state.scheduler.step_update(state.epoch * args.steps_per_epoch + state.batch // accum)
-        if h.updates % every == 0 and sync(i, agree_stop=stop is not None and ddp): stopped = True; break
-        if stop is not None and not ddp and stop.requested(device): stopped = True; break      # one process: no sync needed
+        if args.sched_on_updates:
+            state.scheduler.step_update(state.epoch * args.steps_per_epoch + state.batch // accum)
+        if h.updates % every == 0 and sync(i, agree_stop=stop is not None and ddp):
+            stopped = True; break
+        # one process: no sync needed
+        if stop is not None and not ddp and stop.requested(device): stopped = True; break
     sync(i)
     totals = torch.cat([sums, torch.tensor([h.skipped], dtype=torch.float64, device=device)])
     if ddp: dist.all_reduce(totals)
     dt = time.perf_counter() - t0
     loss_sum, n, n_bad, skipped = totals.tolist()
-    return dict(train_loss=loss_sum / max(n, 1), images=int(n), skipped=int(skipped), nonfinite=int(n_bad), images_per_s=n / dt,
-                epoch_time=dt, loss_sum=loss_sum, skipped_files=h.first), stopped
+    return dict(train_loss=loss_sum / max(n, 1), images=int(n), skipped=int(skipped),
+                nonfinite=int(n_bad), images_per_s=n / dt, epoch_time=dt, loss_sum=loss_sum,
+                skipped_files=h.first), stopped
 
 # %% ../nbs/16_train.ipynb #8f522f7a
 def build_data(args, rank:int, world:int) -> argparse.Namespace:
@@ -540,92 +707,126 @@ def build_data(args, rank:int, world:int) -> argparse.Namespace:
         if dist.is_initialized(): dist.barrier()
     else: root = Path(args.data)
     train_dir, val_dir = split_dirs(root)
-    aug = dict(DEMO_AUG) if args.data is None else dict(PAPER_AUG, auto_augment=args.aa, re_prob=args.reprob)
+    aug = (dict(DEMO_AUG) if args.data is None
+           else dict(PAPER_AUG, auto_augment=args.aa, re_prob=args.reprob))
     tf = eval_transform(args.img_size) if args.no_aug else train_transform(args.img_size, **aug)
-    train_ds, val_ds = SafeImageFolder(train_dir, transform=tf), SafeImageFolder(val_dir, transform=eval_transform(args.img_size))
-    per_rank = args.batch_size                                   # per process and step (split_batch)
+    train_ds, val_ds = (SafeImageFolder(train_dir, transform=tf),
+                        SafeImageFolder(val_dir, transform=eval_transform(args.img_size)))
+    per_rank = args.batch_size                     # per process and step (split_batch)
     pin = torch.cuda.is_available() if args.pin_mem is None else args.pin_mem
-    train_dl = make_loader(train_ds, per_rank, train=True, workers=args.workers, seed=args.seed, world=world, rank=rank, pin_memory=pin)
-    val_dl = torch.utils.data.DataLoader(val_ds, batch_size=max(per_rank, 32), sampler=ShardSampler(len(val_ds), rank, world), num_workers=args.workers,
-                                         collate_fn=collate_skip, pin_memory=pin, persistent_workers=args.workers > 0)
-    return argparse.Namespace(root=root, train=train_dl, val=val_dl, classes=list(train_ds.classes), n_train=len(train_ds), per_rank=per_rank)
+    train_dl = make_loader(train_ds, per_rank, train=True, workers=args.workers, seed=args.seed,
+                           world=world, rank=rank, pin_memory=pin)
+    val_dl = torch.utils.data.DataLoader(
+        val_ds, batch_size=max(per_rank, 32), sampler=ShardSampler(len(val_ds), rank, world),
+        num_workers=args.workers, collate_fn=collate_skip, pin_memory=pin,
+        persistent_workers=args.workers > 0)
+    return argparse.Namespace(root=root, train=train_dl, val=val_dl, classes=list(train_ds.classes),
+                              n_train=len(train_ds), per_rank=per_rank)
 
 def complete_args(args, data, world:int, device) -> argparse.Namespace:
     "A copy of `args` with what data and processes decide, after the checks that need the data."
     n_cls = len(data.classes)
     if args.num_classes is not None and args.num_classes < n_cls:
-        raise UsageError(f'--num-classes {args.num_classes} but {data.root} has {n_cls} class folders; use --num-classes {n_cls} or more (or leave it out)')
+        raise UsageError(f'--num-classes {args.num_classes} but {data.root} has {n_cls} class '
+                         f'folders; use --num-classes {n_cls} or more (or leave it out)')
     steps = len(data.train) // args.accum_steps
     if steps == 0:
         fit = max(1, data.n_train // (world * args.accum_steps))
-        raise UsageError(f'{batch_line(args.batch_size, world, args.accum_steps)} is larger than the training set ({data.n_train} images in '
-                         f'{data.root}): 0 steps per epoch; use -b {fit} or less (--total-batch-size {fit * world * args.accum_steps} or less)')
+        raise UsageError(f'{batch_line(args.batch_size, world, args.accum_steps)} is larger than '
+                         f'the training set ({data.n_train} images in {data.root}): 0 steps per '
+                         f'epoch; use -b {fit} or less '
+                         f'(--total-batch-size {fit * world * args.accum_steps} or less)')
     total = args.total_batch_size
-    return argparse.Namespace(**{**vars(args), 'num_classes': args.num_classes or n_cls, 'amp': resolve_amp(device, args.amp), 'world_size': world,
-                                 'data_root': str(data.root), 'lr_used': scaled_lr(args.lr, args.lr_base_batch, total),
+    return argparse.Namespace(**{**vars(args), 'num_classes': args.num_classes or n_cls,
+                                 'amp': resolve_amp(device, args.amp), 'world_size': world,
+                                 'data_root': str(data.root),
+                                 'lr_used': scaled_lr(args.lr, args.lr_base_batch, total),
                                  'steps_per_epoch': min(steps, args.max_steps_per_epoch or steps)})
 
 def build_model(args, device):
-    "The model the flags describe (same initial weights on every rank), with gradient checkpointing and memory format set."
+    ("The model the flags describe (same initial weights on every rank), with gradient "
+     "checkpointing and memory format set.")
     seed_epoch(args.seed, 0, 0)
-    try: model = create_model(args.model, img_size=args.img_size, num_classes=args.num_classes, drop_rate=args.drop,
-                              drop_path_rate=args.drop_path, **args.model_kwargs)
-    except (ValueError, TypeError) as e: raise UsageError(f'--img-size {args.img_size} / --model-kwargs: {e}') from None
+    try: model = create_model(args.model, img_size=args.img_size, num_classes=args.num_classes,
+                              drop_rate=args.drop, drop_path_rate=args.drop_path,
+                              **args.model_kwargs)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f'--img-size {args.img_size} / --model-kwargs: {e}') from None
     if args.grad_checkpointing: model.set_grad_checkpointing(True)
-    return model.to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
+    return model.to(device, memory_format=torch.channels_last if args.channels_last
+                                          else torch.contiguous_format)
 
 def load_finetune(model, path) -> str:
-    "Load the weights of `path` (any layout `load_checkpoint` reads, EMA preferred) into `model`; returns the log line saying what happened."
+    ("Load the weights of `path` (any layout `load_checkpoint` reads, EMA preferred) into `model`; "
+     "returns the log line saying what happened.")
     try:
         sd, where = extract_state_dict(read_checkpoint(path), use_ema=True, path=path)
         own, notes = model.state_dict(), []
         if 'head.weight' in sd and sd['head.weight'].shape != own['head.weight'].shape:
-            notes.append(f'head reset ({sd["head.weight"].shape[0]} classes in the file, {own["head.weight"].shape[0]} here)')
+            notes.append(f'head reset ({sd["head.weight"].shape[0]} classes in the file, '
+                         f'{own["head.weight"].shape[0]} here)')
         if 'pos_embed' in sd and sd['pos_embed'].shape[1] != own['pos_embed'].shape[1]:
             g, G = (round((t.shape[1] - 1) ** .5) for t in (sd['pos_embed'], own['pos_embed']))
             notes.append(f'position table resampled ({g}x{g} -> {G}x{G} tokens)')
         with warnings.catch_warnings():
-            warnings.simplefilter('ignore'); info = load_checkpoint(model, path, use_ema=True, strict=True)
-    except (CheckpointError, OSError) as e: raise UsageError('--finetune: ' + '; '.join(l.strip() for l in str(e).splitlines())) from None
-    return (f'--finetune {path}: loaded {info["loaded"]} tensors from {where}; ' + '; '.join(notes or ['nothing reset or resampled'])
+            warnings.simplefilter('ignore')
+            info = load_checkpoint(model, path, use_ema=True, strict=True)
+    except (CheckpointError, OSError) as e:
+        raise UsageError('--finetune: '
+                         + '; '.join(l.strip() for l in str(e).splitlines())) from None
+    return (f'--finetune {path}: loaded {info["loaded"]} tensors from {where}; '
+            + '; '.join(notes or ['nothing reset or resampled'])
             + '; optimizer, schedule and step start fresh')
 
 def build_scheduler(optimizer, args):
-    "The cosine schedule with warmup that the flags describe, stepped per epoch (or per update with --sched-on-updates)."
-    return create_scheduler_v2(optimizer, sched='cosine', num_epochs=args.epochs, warmup_epochs=args.warmup_epochs, min_lr=args.min_lr,
-                               warmup_lr=args.warmup_lr, cooldown_epochs=0, updates_per_epoch=args.steps_per_epoch,
-                               step_on_epochs=not args.sched_on_updates)[0]
+    ("The cosine schedule with warmup that the flags describe, stepped per epoch "
+     "(or per update with --sched-on-updates).")
+    return create_scheduler_v2(
+        optimizer, sched='cosine', num_epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+        min_lr=args.min_lr, warmup_lr=args.warmup_lr, cooldown_epochs=0,
+        updates_per_epoch=args.steps_per_epoch, step_on_epochs=not args.sched_on_updates)[0]
 
-FUSED = ('adam', 'adamw', 'sgd', 'momentum', 'nesterov')      # timm names of torch optimizers with a fused kernel
+# timm names of torch optimizers with a fused kernel
+FUSED = ('adam', 'adamw', 'sgd', 'momentum', 'nesterov')
 
 def optimizer_kwargs(args, device) -> dict:
-    "--opt-kwargs, plus `fused=True` on CUDA for the optimizers that have it (they skip a non-finite step on the device)."
+    ("--opt-kwargs, plus `fused=True` on CUDA for the optimizers that have it "
+     "(they skip a non-finite step on the device).")
     kw = dict(args.opt_kwargs)
-    if device.type == 'cuda' and args.opt in FUSED and not {'fused', 'foreach'} & set(kw): kw['fused'] = True
+    if device.type == 'cuda' and args.opt in FUSED and not {'fused', 'foreach'} & set(kw):
+        kw['fused'] = True
     return kw
 
 def build_optimizer(model, args, device):
     "timm's optimizer the flags describe; a UsageError for arguments it does not take."
-    try: return create_optimizer_v2(param_groups(model, args), opt=args.opt, lr=args.lr_used, weight_decay=args.weight_decay,
-                                    layer_decay=args.layer_decay, **optimizer_kwargs(args, device))
-    except (TypeError, ValueError, AssertionError, RuntimeError) as e: raise UsageError(f'--opt {args.opt} / --opt-kwargs: {e}') from None
+    try: return create_optimizer_v2(param_groups(model, args), opt=args.opt, lr=args.lr_used,
+                                    weight_decay=args.weight_decay, layer_decay=args.layer_decay,
+                                    **optimizer_kwargs(args, device))
+    except (TypeError, ValueError, AssertionError, RuntimeError) as e:
+        raise UsageError(f'--opt {args.opt} / --opt-kwargs: {e}') from None
 
 def param_groups(model, args):
-    "The model (timm groups it, with --layer-decay), or with --transfer-ratio four groups: body/head x decay/no decay, the body's lr scaled."
+    ("The model (timm groups it, with --layer-decay), or with --transfer-ratio four groups: "
+     "body/head x decay/no decay, the body's lr scaled.")
     if args.transfer_ratio in (None, 1): return model
     no_wd, groups = model.no_weight_decay(), {}
     for name, p in model.named_parameters():
         if not p.requires_grad: continue
-        head, decay = name.startswith('head.'), not (p.ndim <= 1 or name.endswith('.bias') or name in no_wd)
-        g = groups.setdefault((head, decay), dict(params=[], weight_decay=args.weight_decay if decay else 0., lr_scale=1. if head else args.transfer_ratio))
+        head, decay = (name.startswith('head.'),
+                       not (p.ndim <= 1 or name.endswith('.bias') or name in no_wd))
+        g = groups.setdefault((head, decay),
+                              dict(params=[], weight_decay=args.weight_decay if decay else 0.,
+                                   lr_scale=1. if head else args.transfer_ratio))
         g['params'].append(p)
     return list(groups.values())
 
 def build_state(model, args, device) -> TrainState:
     "Optimizer, schedule, fp16 scaler and EMA around `model`."
     optimizer = build_optimizer(model, args, device)
-    ema = None if args.no_ema else ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.data is None)
-    return TrainState(model, ema, optimizer, build_scheduler(optimizer, args), NativeScaler(device.type) if args.amp == 'fp16' else None)
+    ema = (None if args.no_ema
+           else ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.data is None))
+    return TrainState(model, ema, optimizer, build_scheduler(optimizer, args),
+                      NativeScaler(device.type) if args.amp == 'fp16' else None)
 
 # %% ../nbs/16_train.ipynb #e3bae6d8
 def _link(src:Path, dst:Path):
@@ -639,27 +840,34 @@ def _agree(ok:bool, device) -> bool:
     if dist.is_initialized(): dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return flag.item() > 0
 
-def save_epoch(state:TrainState, out:Path, args, classes, metric:float, improved:bool, rank:int, device):
-    "Write the epoch's checkpoint, point last (and best) at it, prune old ones; a SaveError on every rank if it failed."
+def save_epoch(state:TrainState, out:Path, args, classes, metric:float, improved:bool, rank:int,
+               device):
+    ("Write the epoch's checkpoint, point last (and best) at it, prune old ones; "
+     "a SaveError on every rank if it failed.")
     rng, error = gather_rng(), None
     if rank == 0:
         try:
             if args.keep_last > 0:
-                path = state.save(out / f'checkpoint-{state.epoch - 1}.pth.tar', args, classes, metric, rng)
+                path = state.save(out / f'checkpoint-{state.epoch - 1}.pth.tar', args, classes,
+                                  metric, rng)
                 _link(path, out / 'last.pth.tar')
-                for old in sorted(out.glob('checkpoint-*.pth.tar'), key=_epoch_of)[:-args.keep_last]: old.unlink()
+                for old in sorted(out.glob('checkpoint-*.pth.tar'),
+                                  key=_epoch_of)[:-args.keep_last]: old.unlink()
             else: state.save(out / 'last.pth.tar', args, classes, metric, rng)
             if improved: _link(out / 'last.pth.tar', out / 'model_best.pth.tar')
         except SaveError as e: error = e
-    if not _agree(error is None, device): raise error or SaveError(f'rank 0 could not write the checkpoint in {out}')
+    if not _agree(error is None, device):
+        raise error or SaveError(f'rank 0 could not write the checkpoint in {out}')
 
 def save_preempted(state:TrainState, out:Path, args, classes, rank:int, device):
-    "Write the mid-epoch `last.pth.tar` (position, running sums, every rank's RNG states); all ranks wait for it."
+    ("Write the mid-epoch `last.pth.tar` (position, running sums, every rank's RNG states); "
+     "all ranks wait for it.")
     rng, error = gather_rng(), None
     if rank == 0:
         try: state.save(out / 'last.pth.tar', args, classes, None, rng)
         except SaveError as e: error = e
-    if not _agree(error is None, device): raise error or SaveError(f'rank 0 could not write {out / "last.pth.tar"}')
+    if not _agree(error is None, device):
+        raise error or SaveError(f'rank 0 could not write {out / "last.pth.tar"}')
 
 # %% ../nbs/16_train.ipynb #17f8abc5
 def _exit(status:int, msg:str=None, rank:int=0):
@@ -669,24 +877,29 @@ def _exit(status:int, msg:str=None, rank:int=0):
     sys.exit(status)
 
 def start_run(argv, rank:int, world:int, device) -> tuple:
-    "Checks, data, model, resume point and run folder, in that order: (args, data, state, log, out), or a UsageError."
+    ("Checks, data, model, resume point and run folder, in that order: "
+     "(args, data, state, log, out), or a UsageError.")
     args = resolve_args(get_parser().parse_args(argv))
-    args.command = shlex.join(['t2t-train', *argv])                   # recorded in args.yaml, resumes.yaml and each checkpoint
+    # recorded in args.yaml, resumes.yaml and each checkpoint
+    args.command = shlex.join(['t2t-train', *argv])
     check_args(args, world)
     args = split_batch(args, world)
     out = Path(args.output or Path('runs') / args.model)
     check_output(out, args.resume, args.overwrite, args.data)
     ck_path, ck, skipped = find_checkpoint(out, args.resume)
     if args.finetune and ck is None and not Path(args.finetune).is_file():
-        raise UsageError(f'--finetune {args.finetune}: no such checkpoint file, and no checkpoint to resume from in {out}')
+        raise UsageError(f'--finetune {args.finetune}: no such checkpoint file, '
+                         f'and no checkpoint to resume from in {out}')
     check_buildable(args, device)
     data = build_data(args, rank, world)
     args = complete_args(args, data, world, device)
     model = build_model(args, device)
-    tuned = load_finetune(model, args.finetune) if args.finetune and ck is None else None   # before the EMA copies the model
+    # before the EMA copies the model
+    tuned = load_finetune(model, args.finetune) if args.finetune and ck is None else None
     state = build_state(model, args, device)
     changes = check_resume(ck, args, data.classes) if ck is not None else {}
-    if dist.is_initialized(): dist.barrier()                          # every rank has checked the folder before rank 0 changes it
+    # every rank has checked the folder before rank 0 changes it
+    if dist.is_initialized(): dist.barrier()
     moved = move_aside(out) if rank == 0 and args.overwrite and run_files(out) else None
     removed = clean_temp_files(out) if rank == 0 else []
     if ck is not None: state.load(ck, rank)
@@ -700,104 +913,145 @@ def start_run(argv, rank:int, world:int, device) -> tuple:
         done = f'epoch {ck["epoch"]} done' if ck['epoch'] >= 0 else 'no epoch done'
         log(f'resumed from {ck_path} ({done}{where}, step {state.step})')
         sched = {k: v for k, v in changes.items() if k in SCHEDULE}
-        if sched: log('schedule changed on resume: ' + ', '.join(f'{_flag(k)} {a} -> {b}' for k, (a, b) in sched.items())
-                      + f'; the cosine schedule is rebuilt from the new values at epoch {state.epoch}')
+        if sched: log('schedule changed on resume: '
+                      + ', '.join(f'{_flag(k)} {a} -> {b}' for k, (a, b) in sched.items())
+                      + '; the cosine schedule is rebuilt from the new values '
+                        f'at epoch {state.epoch}')
         other = {k: v for k, v in changes.items() if k not in SCHEDULE}
-        if other: log('other flags changed on resume: ' + ', '.join(f'{_flag(k)} {a} -> {b}' for k, (a, b) in other.items()))
+        if other: log('other flags changed on resume: '
+                      + ', '.join(f'{_flag(k)} {a} -> {b}' for k, (a, b) in other.items()))
     elif args.resume == 'auto': log(f'--resume auto: no checkpoint in {out}, starting a new run')
     if tuned: log(tuned)
-    elif args.finetune: log(f'--finetune {args.finetune}: not loaded, the run resumes from its own checkpoint')
+    elif args.finetune:
+        log(f'--finetune {args.finetune}: not loaded, the run resumes from its own checkpoint')
     return args, data, state, log, out
 
 def validate(state:TrainState, data, device, args, log) -> tuple:
-    "Raw and EMA top-1/top-5 on the validation set; each skipped image is named in the log with its reason."
+    ("Raw and EMA top-1/top-5 on the validation set; each skipped image is named in the log "
+     "with its reason.")
     ev = evaluate(state.model, data.val, device, args.amp, progress=False)
-    eev = evaluate(state.ema.module, data.val, device, args.amp, progress=False) if state.ema is not None else ev
+    eev = (evaluate(state.ema.module, data.val, device, args.amp, progress=False)
+           if state.ema is not None else ev)
     for path, why in ev['skipped_files']: log(f'warning: skipped image {path} in validation: {why}')
     return ev, eev
 
 # %% ../nbs/16_train.ipynb #3e60f02f
 def run(argv=None) -> dict:
-    "Train as the command line says; returns the best EMA top-1, the output folder and the last step."
+    ("Train as the command line says; returns the best EMA top-1, the output folder "
+     "and the last step.")
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try: rank, world, local, device = setup_distributed(get_parser().parse_args(argv).device)
     except UsageError as e: _exit(EXIT_USAGE, e)
     try: args, data, state, log, out = start_run(argv, rank, world, device)
     except (UsageError, DataError, CheckpointError, SaveError) as e: _exit(EXIT_USAGE, e, rank)
-    model = DDP(state.model, device_ids=[local] if device.type == 'cuda' else None) if world > 1 else state.model
+    model = (DDP(state.model, device_ids=[local] if device.type == 'cuda' else None) if world > 1
+             else state.model)
     model = torch.compile(model) if args.compile else model
-    mixup = make_mixup(args.num_classes, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing)
-    loss_fn = SoftTargetCrossEntropy() if mixup else LabelSmoothingCrossEntropy(args.smoothing) if args.smoothing else nn.CrossEntropyLoss()
+    mixup = make_mixup(args.num_classes, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix,
+                       label_smoothing=args.smoothing)
+    loss_fn = (SoftTargetCrossEntropy() if mixup
+               else LabelSmoothingCrossEntropy(args.smoothing) if args.smoothing
+               else nn.CrossEntropyLoss())
     n_params = sum(p.numel() for p in state.model.parameters() if p.requires_grad) / 1e6
-    log(f'{args.model} @ {args.img_size}px, {args.num_classes} classes, {n_params:.2f}M params; {world} process(es) on {device.type}{", " + dist.get_backend() if dist.is_initialized() else ""}, amp={args.amp}, compile={args.compile}')
+    log(f'{args.model} @ {args.img_size}px, {args.num_classes} classes, {n_params:.2f}M params; '
+        f'{world} process(es) on {device.type}'
+        f'{", " + dist.get_backend() if dist.is_initialized() else ""}, '
+        f'amp={args.amp}, compile={args.compile}')
     log(batch_line(args.batch_size, world, args.accum_steps))
-    log(f'lr {args.lr:g} for a total batch of {args.lr_base_batch} -> lr used {args.lr_used:g}; {args.epochs} epochs ({args.warmup_epochs} warmup), '
-        f'{args.steps_per_epoch} steps/epoch')
+    log(f'lr {args.lr:g} for a total batch of {args.lr_base_batch} -> lr used {args.lr_used:g}; '
+        f'{args.epochs} epochs ({args.warmup_epochs} warmup), {args.steps_per_epoch} steps/epoch')
     try:
         with Preemption() as stop:
             while state.epoch < args.epochs:
                 epoch = state.epoch
                 seed_epoch(args.seed, epoch + 1, rank)
-                if state.batch and state.rng: set_rng_state(state.rng)          # inside an epoch: the exact RNG states
-                data.train.sampler.set_epoch(epoch, start=state.batch * data.per_rank); data.train.generator.manual_seed(args.seed * 1009 + epoch)
+                # inside an epoch: the exact RNG states
+                if state.batch and state.rng: set_rng_state(state.rng)
+                data.train.sampler.set_epoch(epoch, start=state.batch * data.per_rank)
+                data.train.generator.manual_seed(args.seed * 1009 + epoch)
                 state.scheduler.step(epoch)
-                if args.sched_on_updates: state.scheduler.step_update(epoch * args.steps_per_epoch + state.batch // args.accum_steps)
-                tr, stopped = train_one_epoch(model, state, data.train, loss_fn, mixup, device, args, log, stop, progress=rank == 0 and not args.no_progress)
+                if args.sched_on_updates:
+                    state.scheduler.step_update(epoch * args.steps_per_epoch
+                                                + state.batch // args.accum_steps)
+                tr, stopped = train_one_epoch(
+                    model, state, data.train, loss_fn, mixup, device, args, log, stop,
+                    progress=rank == 0 and not args.no_progress)
                 if stopped:
-                    state.partial = dict(loss_sum=tr['loss_sum'], images=tr['images'], skipped=tr['skipped'], nonfinite=tr['nonfinite'], time=tr['epoch_time'])
+                    state.partial = dict(loss_sum=tr['loss_sum'], images=tr['images'],
+                                         skipped=tr['skipped'], nonfinite=tr['nonfinite'],
+                                         time=tr['epoch_time'])
                     save_preempted(state, out, args, data.classes, rank, device)
-                    log(f'stopped by {stop.signal or "a signal on another rank"} after step {state.step} (epoch {epoch}, batch {state.batch} of '
-                        f'{args.steps_per_epoch * args.accum_steps}): saved {out / "last.pth.tar"}; continue with --resume auto')
+                    log(f'stopped by {stop.signal or "a signal on another rank"} after step '
+                        f'{state.step} (epoch {epoch}, batch {state.batch} of '
+                        f'{args.steps_per_epoch * args.accum_steps}): '
+                        f'saved {out / "last.pth.tar"}; continue with --resume auto')
                     log.close(); _exit(EXIT_PREEMPTED)
                 require_images(tr, data.train.dataset.root, 'training')
                 ev, eev = validate(state, data, device, args, log)
                 require_images(ev, data.val.dataset.root, 'validation')
-                row = dict(epoch=epoch, lr=state.optimizer.param_groups[0]['lr'], train_loss=tr['train_loss'], top1=ev['top1'], top5=ev['top5'],
-                           val_loss=ev['loss'], ema_top1=eev['top1'], ema_top5=eev['top5'], images_per_s=tr['images_per_s'],
-                           skipped=tr['skipped'] + ev['skipped'], nonfinite=tr['nonfinite'], epoch_time=tr['epoch_time'])
-                log(f"epoch {epoch:3d}/{args.epochs} | loss {tr['train_loss']:.4f} | top-1 {ev['top1']:.2f} | EMA top-1 {eev['top1']:.2f} top-5 {eev['top5']:.2f} "
-                    f"| lr {row['lr']:.2e} | {tr['images_per_s']:.0f} img/s | skipped {row['skipped']} | non-finite {tr['nonfinite']}")
+                row = dict(epoch=epoch, lr=state.optimizer.param_groups[0]['lr'],
+                           train_loss=tr['train_loss'], top1=ev['top1'], top5=ev['top5'],
+                           val_loss=ev['loss'], ema_top1=eev['top1'], ema_top5=eev['top5'],
+                           images_per_s=tr['images_per_s'], skipped=tr['skipped'] + ev['skipped'],
+                           nonfinite=tr['nonfinite'], epoch_time=tr['epoch_time'])
+                log(f"epoch {epoch:3d}/{args.epochs} | loss {tr['train_loss']:.4f} | "
+                    f"top-1 {ev['top1']:.2f} | EMA top-1 {eev['top1']:.2f} top-5 {eev['top5']:.2f} "
+                    f"| lr {row['lr']:.2e} | {tr['images_per_s']:.0f} img/s | "
+                    f"skipped {row['skipped']} | non-finite {tr['nonfinite']}")
                 log.epoch(row)
                 improved = state.best is None or eev['top1'] > state.best
                 state.epoch, state.batch, state.partial, state.rng = epoch + 1, 0, None, None
                 if improved: state.best = eev['top1']
                 save_epoch(state, out, args, data.classes, eev['top1'], improved, rank, device)
                 if state.epoch < args.epochs and stop.requested(device):
-                    log(f'stopped by {stop.signal or "a signal on another rank"} after epoch {epoch}: saved {out / "last.pth.tar"}; continue with --resume auto')
+                    log(f'stopped by {stop.signal or "a signal on another rank"} after epoch '
+                        f'{epoch}: saved {out / "last.pth.tar"}; continue with --resume auto')
                     log.close(); _exit(EXIT_PREEMPTED)
     except NonFiniteLoss as e:
         log(f't2t-train: stopped: {e}'); log.close(); _exit(EXIT_NONFINITE)
     except (SaveError, DataError) as e:
         log(f't2t-train: error: {e}'); log.close(); _exit(EXIT_USAGE, e, rank)
-    except RuntimeError as oom:                                         # CUDA's OutOfMemoryError is one
+    except RuntimeError as oom:   # CUDA's OutOfMemoryError is one
         if not is_out_of_memory(oom): raise
-        e = (f'out of {device.type} memory at {batch_line(args.batch_size, world, args.accum_steps)}: lower -b/--batch-size and raise '
-             f'--accum-steps by as much to keep the total batch, or add --grad-checkpointing')
+        e = (f'out of {device.type} memory at '
+             f'{batch_line(args.batch_size, world, args.accum_steps)}: lower -b/--batch-size and '
+             'raise --accum-steps by as much to keep the total batch, or add --grad-checkpointing')
         log(f't2t-train: error: {e}'); log.close(); _exit(EXIT_USAGE, e, rank)
-    if rank == 0 and (out / 'metrics.csv').exists(): plot_curves(out / 'metrics.csv', out / 'curves.png')
-    best = f'best EMA top-1 {state.best:.2f}%' if state.best is not None else 'no best EMA top-1 recorded'
-    ckpt = out / 'model_best.pth.tar' if (out / 'model_best.pth.tar').exists() else out / 'last.pth.tar'
-    log(f'done: {best}\n  checkpoint: {ckpt} (last: {out / "last.pth.tar"}, epochs kept: --keep-last {args.keep_last})\n'
-        f'  logs: {out / "log.txt"}, {out / "metrics.csv"}, {out / "tensorboard"}\n  curves: {out / "curves.png"}')
+    if rank == 0 and (out / 'metrics.csv').exists():
+        plot_curves(out / 'metrics.csv', out / 'curves.png')
+    best = (f'best EMA top-1 {state.best:.2f}%' if state.best is not None
+            else 'no best EMA top-1 recorded')
+    ckpt = (out / 'model_best.pth.tar' if (out / 'model_best.pth.tar').exists()
+            else out / 'last.pth.tar')
+    log(f'done: {best}\n'
+        f'  checkpoint: {ckpt} (last: {out / "last.pth.tar"}, '
+        f'epochs kept: --keep-last {args.keep_last})\n'
+        f'  logs: {out / "log.txt"}, {out / "metrics.csv"}, {out / "tensorboard"}\n'
+        f'  curves: {out / "curves.png"}')
     log.close()
     if dist.is_initialized(): dist.destroy_process_group()
     return dict(best=state.best, output=str(out), step=state.step)
 
 def main(argv=None):
-    "Entry point of `t2t-train`, `python -m t2t_vit_lite.train` and `torchrun ... -m t2t_vit_lite.train` (exit 0; 2 bad input; 3 diverged; 75 preempted)."
+    ("Entry point of `t2t-train`, `python -m t2t_vit_lite.train` and "
+     "`torchrun ... -m t2t_vit_lite.train` (exit 0; 2 bad input; 3 diverged; 75 preempted).")
     run(argv)
 
 def plot_curves(csv_path, png_path=None):
-    "Loss and accuracy curves of a run's metrics.csv: saved as a PNG at `png_path`, else returned as a figure."
+    ("Loss and accuracy curves of a run's metrics.csv: saved as a PNG at `png_path`, "
+     "else returned as a figure.")
     import matplotlib.pyplot as plt
     rows = list(csv.DictReader(open(csv_path)))
     ep = [int(r['epoch']) for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.3))
-    a.plot(ep, [float(r['train_loss']) for r in rows], 'o-', label='train'); a.plot(ep, [float(r['val_loss']) for r in rows], 'o-', label='val')
+    a.plot(ep, [float(r['train_loss']) for r in rows], 'o-', label='train')
+    a.plot(ep, [float(r['val_loss']) for r in rows], 'o-', label='val')
     a.set_xlabel('epoch'); a.set_ylabel('loss'); a.legend()
-    b.plot(ep, [float(r['top1']) for r in rows], 'o-', label='top-1'); b.plot(ep, [float(r['ema_top1']) for r in rows], 'o-', label='EMA top-1')
+    b.plot(ep, [float(r['top1']) for r in rows], 'o-', label='top-1')
+    b.plot(ep, [float(r['ema_top1']) for r in rows], 'o-', label='EMA top-1')
     b.set_xlabel('epoch'); b.set_ylabel('val accuracy (%)'); b.legend()
-    fig.suptitle(f'{Path(csv_path).parent.name}: {len(rows)} epochs', fontsize=9); fig.tight_layout()
+    fig.suptitle(f'{Path(csv_path).parent.name}: {len(rows)} epochs', fontsize=9)
+    fig.tight_layout()
     if png_path is None: return fig
     fig.savefig(png_path, dpi=100); plt.close(fig)
     return png_path
