@@ -162,17 +162,20 @@ def compare(names:list, batch:int=8, img_size:int=224, device='cpu', amp:str='no
     return rows
 
 def format_rows(rows:list) -> str:
-    ("The rows of `compare` as a fixed-width table (with batch and MFU columns when they vary or "
-     "are known).")
+    ("The rows of `compare` as a fixed-width table about 100 characters wide (with batch and MFU "
+     "columns when they vary or are known); the `x` columns are ratios to the first row.")
     mfu = any(r.get('mfu') == r.get('mfu') for r in rows)  # some MFU is not NaN
-    head = (f"{'model':<32}{'batch':>6}{'params M':>9}{'ms/batch':>10}{'img/s':>9}{'GFLOP/s':>10}"
-            f"{'peak MiB':>10}{'speed x':>9}{'FLOP/s x':>9}{'memory x':>10}"
-            + (f"{'MFU %':>7}" if mfu else ''))
+    batch = len({r.get('batch') for r in rows}) > 1          # else the caller's header names it
+    w = max(len(r['model']) for r in rows + [dict(model='model')]) + 1
+    head = (f"{'model':<{w}}" + (f"{'batch':>6}" if batch else '')
+            + f"{'params M':>9}{'ms/batch':>9}{'img/s':>8}{'GFLOP/s':>8}{'peak MiB':>9}"
+              f"{'speed x':>8}{'FLOP/s x':>9}{'memory x':>9}" + (f"{'MFU %':>7}" if mfu else ''))
     return '\n'.join([head] + [
-        f"{r['model']:<32}{r.get('batch', 0):>6}{r['params_m']:>9.2f}{r['ms']:>10.1f}"
-        f"{r['images_per_s']:>9.1f}{r['gflops_per_s']:>10.1f}{r['peak_mib']:>10.1f}"
-        f"{r['speed_vs_first']:>9.2f}{r['flop_rate_vs_first']:>9.2f}{r['memory_vs_first']:>10.2f}"
-        + (f"{100 * r['mfu']:>7.1f}" if mfu else '') for r in rows])
+        f"{r['model']:<{w}}" + (f"{r.get('batch', 0):>6}" if batch else '')
+        + f"{r['params_m']:>9.2f}{r['ms']:>9.1f}{r['images_per_s']:>8.1f}{r['gflops_per_s']:>8.0f}"
+          f"{r['peak_mib']:>9.1f}{r['speed_vs_first']:>8.2f}{r['flop_rate_vs_first']:>9.2f}"
+          f"{r['memory_vs_first']:>9.2f}" + (f"{100 * r['mfu']:>7.1f}" if mfu else '')
+        for r in rows])
 
 
 # %% ../nbs/11_benchmarks.ipynb #0c126ef3
