@@ -83,6 +83,12 @@ def test_page_reads_clean_in_chromium(page, server, browser):
         "return Array.from(document.querySelectorAll('.cell_output img, .output img')).filter(i => i.naturalWidth > 0"
         " && i.clientWidth / i.naturalWidth < arguments[0]).map(i => [i.src.split('/').pop(), i.naturalWidth, i.clientWidth])", MIN_SCALE)
     assert shrunk == [], f'{page}: figures shrunk below {MIN_SCALE:.0%} of their size (file, natural px, shown px): {shrunk}'
+    # no code or output block hides the end of its lines behind a horizontal scroll (outputs wrap, see
+    # _static/wide.css; code and commands are kept within 100 characters)
+    clipped = browser.execute_script(
+        "return Array.from(document.querySelectorAll('article pre')).filter(p => p.clientWidth > 0"
+        " && p.scrollWidth > p.clientWidth + 2).map(p => p.innerText.split('\\n').find(l => l.length > 90) || p.innerText.slice(0, 90))")
+    assert clipped == [], f'{page}: blocks whose lines run past the column: {clipped}'
     # uncaught exceptions and the book's own files that fail to load (the favicon, which the book has none of, and the web aside)
     errors = [e['message'] for e in browser.get_log('browser') if e['level'] == 'SEVERE' and ('Uncaught' in e['message'] or 'Failed to load' in e['message'])
               and not re.search(r'https?://(?!127\.0\.0\.1)|favicon\.ico', e['message'])]
