@@ -353,22 +353,26 @@ def main(argv=None):
     # a stopped sweep still writes its JSON
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    stopped = None
+    stopped, csv_path = None, out / f'{name}.csv'
+    keys = {run_key(s) for s in specs}
+    before = sum(run_key(r) in keys for r in read_rows(csv_path)) if csv_path.exists() else 0
     try: rows = run_sweep(out / f'{name}.csv', specs, args.jobs, not args.no_progress)
     except (KeyboardInterrupt, SystemExit) as e:
         stopped, rows = type(e).__name__, read_rows(out / f'{name}.csv')
-    keys = {run_key(s) for s in specs}
     mine = [r for r in rows if run_key(r) in keys]
     info = dict(command='python -m t2t_vit_lite.experiments ' + ' '.join(argv or sys.argv[1:]),
                 date=datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), machine=machine(),
                 jobs=args.jobs, wall_seconds_last_call=round(time.perf_counter() - t0),
                 planned=len(specs), done=len(mine), recipe={**RECIPE, 'steps': args.steps},
                 converged_rule=f'train_top1 >= {CONVERGED}', lr=LR if not args.pilot else None,
-                stopped=stopped, load=load)
+                stopped=stopped, load=load, runs_last_call=len(mine) - before)
     jp = out / f'{name}.json'
     old = json.loads(jp.read_text()) if jp.exists() else {}
     info['wall_seconds_all_calls'] = (old.get('wall_seconds_all_calls', 0)
                                       + info['wall_seconds_last_call'])
+    # a call killed outright (SIGKILL, a machine shut down) writes nothing: its runs stay in the CSV
+    # but its time is not counted here, and the chapter says how many runs that leaves untimed
+    info['runs_timed'] = old.get('runs_timed', 0) + info['runs_last_call']
     jp.write_text(json.dumps(info, indent=1) + '\n')
     if args.pilot: print('pilot choice:', choose_lr(mine))
     else:   # the verdicts' figure, as chapter 10 draws it
