@@ -87,7 +87,7 @@ constraints: setup
 train: setup
 	$(BIN)/t2t-train --device cpu --output runs/demo --resume auto
 
-# the GPU results table of chapter 11 (needs a CUDA GPU; about 15 minutes on an H100): every run is appended to $(GPU_JSON)
+# the GPU results table of chapter 12 (needs a CUDA GPU; about 15 minutes on an H100): every run is appended to $(GPU_JSON)
 GPU_JSON ?= t2t_vit_lite/results/gpu.json
 T2T_BENCH ?= $(BIN)/t2t-bench
 GPU_MODELS := timm:deit_small_patch16_224 t2t_vit_t_14 t2t_vit_14 t2t_vit_7

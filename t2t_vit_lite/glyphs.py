@@ -18,8 +18,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 __all__ = ['CLASSES', 'ATLAS_SIZE', 'GLYPH_HEIGHT', 'GLYPH_WIDTH', 'ATLAS_DIR', 'ATLAS_FILE', 'FAMILIES_FILE', 'FAMILIES',
            'CHUNK', 'split_families', 'debian_licence', 'render_glyph', 'save_npz', 'build_atlas', 'load_atlas',
            'family_ids', 'glyph_params', 'stroke_width', 'glyph_affine', 'render_glyphs', 'glyph_dataset', 'normalise',
-           'glyph_tensors', 'GlyphDataset', 'glyphs_folder', 'within_patch_share', 'high_freq_share', 't_abs_cdf',
-           't_crit', 'paired_diff', 'mcnemar', 'verdict']
+           'glyph_tensors', 'GlyphDataset', 'glyphs_folder', 'within_patch_share', 'high_freq_share']
 
 # %% ../nbs/07_glyphs.ipynb #644ffd9d
 CLASSES = '0123456789ABCDEFGHJKLMNPQRSTUVWXYZ'   # 34 classes: no I and O (many faces draw 1 and 0)
@@ -335,76 +334,3 @@ def high_freq_share(x:torch.Tensor, p:int) -> float:
     fy, fx = torch.fft.fftfreq(x.shape[-2]), torch.fft.fftfreq(x.shape[-1])
     r = (fy[:, None] ** 2 + fx[None] ** 2).sqrt()
     return float(e[r > 1 / p].sum() / e.sum())
-
-# %% ../nbs/07_glyphs.ipynb #b745ee1f
-def t_abs_cdf(t:float, df:int) -> float:
-    "P(|T| <= t) for Student's t with integer `df` (closed form, Abramowitz & Stegun 26.7.3-4)."
-    assert df >= 1 and int(df) == df, df
-    th = math.atan(t / math.sqrt(df)); s, c2 = math.sin(th), math.cos(th) ** 2
-    if df % 2:   # odd: 2/pi (th + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 ...)), to cos^(df-3)
-        term, total = 1., 1. if df > 1 else 0.
-        for k in range(1, (df - 1) // 2): term *= c2 * 2 * k / (2 * k + 1); total += term
-        return 2 / math.pi * (th + s * math.cos(th) * total)
-    term, total = 1., 1.   # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...), df - 2 powers
-    for k in range(1, df // 2): term *= c2 * (2 * k - 1) / (2 * k); total += term
-    return s * total
-
-def t_crit(df:int, level:float=0.95) -> float:
-    "The two-sided critical value: P(|T| <= t) = `level`, for integer `df`."
-    lo, hi = 0., 1.
-    while t_abs_cdf(hi, df) < level: hi *= 2
-    for _ in range(100):                                       # bisection: the cdf rises with t
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if t_abs_cdf(mid, df) < level else (lo, mid)
-    return (lo + hi) / 2
-
-# %% ../nbs/07_glyphs.ipynb #cf0975a9
-def _paired_values(rows_a, rows_b, key:str) -> tuple:
-    "Seeds and paired values: numbers pair by position, dicts (results-CSV rows) by their 'seed'."
-    if all(isinstance(r, dict) for r in [*rows_a, *rows_b]):
-        a, b = ({int(r['seed']): float(r[key]) for r in rows} for rows in (rows_a, rows_b))
-        if len(a) != len(rows_a) or len(b) != len(rows_b): raise ValueError('a seed appears twice')
-        if a.keys() != b.keys(): raise ValueError(f'unpaired seeds: {sorted(a.keys() ^ b.keys())}')
-        seeds = sorted(a)
-        return seeds, [a[s] for s in seeds], [b[s] for s in seeds]
-    if len(rows_a) != len(rows_b): raise ValueError(f'{len(rows_a)} values against {len(rows_b)}')
-    return list(range(len(rows_a))), [float(v) for v in rows_a], [float(v) for v in rows_b]
-
-def paired_diff(rows_a, rows_b,   # per-seed results of arms a and b: numbers, or dicts with 'seed'
-                key:str='test_top1', level:float=0.95) -> dict:
-    "Per-seed differences a - b, their mean, sd and `level` t-interval (n - 1 degrees of freedom)."
-    seeds, a, b = _paired_values(rows_a, rows_b, key)
-    d = np.array(a) - np.array(b); n = len(d)
-    if n < 2: raise ValueError('a t-interval needs at least 2 paired seeds')
-    mean, sd = float(d.mean()), float(d.std(ddof=1))
-    half = t_crit(n - 1, level) * sd / math.sqrt(n)
-    return dict(seeds=seeds, diffs=d.tolist(), n=n, mean=mean, sd=sd, ci=(mean - half, mean + half))
-
-# %% ../nbs/07_glyphs.ipynb #70fb38a0
-def mcnemar(pred_a, pred_b, labels) -> dict:
-    "McNemar's exact test on paired predictions: b = only a right, c = only b right, two-sided p."
-    pa, pb, y = (torch.as_tensor(v).flatten() for v in (pred_a, pred_b, labels))
-    if not len(pa) == len(pb) == len(y): raise ValueError('predictions and labels differ in length')
-    ra, rb = pa == y, pb == y
-    b, c = int((ra & ~rb).sum()), int((~ra & rb).sum())
-    n = b + c
-    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))       # exact integers
-    p = 1. if n == 0 else min(1., 2 * tail / 2 ** n)
-    return dict(b=b, c=c, n=len(y), p=p)
-
-# %% ../nbs/07_glyphs.ipynb #b4d3477a
-def verdict(diff_ci:tuple,      # (low, high): 95% t-interval of the paired difference a - b
-            p:float,            # McNemar's two-sided p on the pooled test predictions
-            equiv:float=1.0,    # the equivalence margin, in points
-            alpha:float=0.05) -> str:
-    """The verdict on the claim 'a beats b', by a rule fixed before any run:
-    'supports'    the whole interval lies above 0 and p < alpha;
-    'contradicts' the whole interval lies below 0 and p < alpha;
-    'equivalent'  otherwise, if the whole interval lies within (-equiv, +equiv);
-    'unresolved'  in every other case (the data cannot tell)."""
-    lo, hi = diff_ci
-    assert lo <= hi, diff_ci
-    if lo > 0 and p < alpha: return 'supports'
-    if hi < 0 and p < alpha: return 'contradicts'
-    if -equiv < lo and hi < equiv: return 'equivalent'
-    return 'unresolved'

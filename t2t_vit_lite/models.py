@@ -52,7 +52,7 @@ def _cfg(tokens_type, **kwargs):
 
 default_cfgs = generate_default_cfgs({name: _cfg(v['tokens_type']) for name, v in VARIANTS.items()})
 
-# the safe file loader for pretrained=True: chapter 14's load_checkpoint puts itself here
+# the safe file loader for pretrained=True: chapter 15's load_checkpoint puts itself here
 # (no import cycle)
 _load_file = []
 _ARCH = [p for p in inspect.signature(T2TViT).parameters
@@ -67,9 +67,9 @@ def _model_args(model:T2TViT, kwargs:dict) -> dict:
             'schedule': [list(s) for s in model.tokens_to_token.schedule]}
 
 def _checkpoint_filter(state_dict:dict, model:T2TViT) -> dict:
-    ("timm's `pretrained_filter_fn`: chapter 14's key mapping and checks, "
+    ("timm's `pretrained_filter_fn`: chapter 15's key mapping and checks, "
      "for weights that timm fetched.")
-    ck = inspect.getmodule(_load_file[0])   # chapter 14, reached through the loader it registered
+    ck = inspect.getmodule(_load_file[0])   # chapter 15, reached through the loader it registered
     sd, cfg = ck.checkpoint_filter_fn(state_dict, model), model.pretrained_cfg
     where = cfg.get('hf_hub_id') or cfg.get('file') or 'weights'
     unusable = ck.unusable_tensors(sd, model.state_dict())
@@ -81,7 +81,7 @@ def _checkpoint_filter(state_dict:dict, model:T2TViT) -> dict:
     return sd
 
 def _load(model:T2TViT, cfg:dict, variant:str, cache_dir=None):
-    ("Load `cfg`'s weights: a `file` with chapter 14's loader; "
+    ("Load `cfg`'s weights: a `file` with chapter 15's loader; "
      "`local-dir:`/`hf-hub:` with timm's loader.")
     source, _ = _resolve_pretrained_source(cfg)
     if source == 'file': return _load_file[0](model, cfg['file'])

@@ -1,4 +1,4 @@
-"""The training loop as it was before issue 10 (git 8b6639a, nbs/16_train.ipynb), kept verbatim as the reference that
+"""The training loop as it was before issue 10 (git 8b6639a, nbs/17_train.ipynb), kept verbatim as the reference that
 tests/test_train.py compares the sync-free loop with: same weights, same EMA, same skipped steps, same stop."""
 import time
 from contextlib import nullcontext

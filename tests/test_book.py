@@ -15,7 +15,7 @@ def figure_cells(nb):
             and re.search(r'plt\.(subplots|imshow)|^\s*(\w+\s*=\s*)?(show|plot|draw)_\w+\(', ''.join(c['source']), re.M)]
 
 
-PRACTICE_WITHOUT_FIGURES = {'13_runtime', '20_sharing', '21_timm_contract', '23_run_safety'}   # practice chapters whose lesson is a contract, not a picture
+PRACTICE_WITHOUT_FIGURES = {'14_runtime', '21_sharing', '22_timm_contract', '24_run_safety'}   # practice chapters whose lesson is a contract, not a picture
 
 
 @pytest.mark.parametrize('nb', sorted((ROOT / 'nbs').glob('[0-9][0-9]_*.ipynb')), ids=lambda p: p.stem)

@@ -79,7 +79,7 @@ def test_chapter_needs_only_the_package_colab_and_its_install_cell(nb):
 
 def test_the_check_sees_a_missing_install():
     "The rule above would have caught the chapter that imported onnx without installing it."
-    nb = ROOT / 'nbs' / '19_export.ipynb'
+    nb = ROOT / 'nbs' / '20_export.ipynb'
     assert {'onnx', 'onnxruntime'} <= imported_modules(nb)
     assert {'onnx', 'onnxscript', 'onnxruntime'} <= set(install_cell_packages(nb))
     assert 'onnx' not in closure(base_requirements() + list(COLAB_KERNEL))   # without its install cell: missing
@@ -99,7 +99,7 @@ def colab_like_venv(path: pathlib.Path, dists: set) -> pathlib.Path:
     return path / 'bin' / 'python'
 
 
-@pytest.mark.parametrize('chapter', ['01_soft_split', '19_export'])
+@pytest.mark.parametrize('chapter', ['01_soft_split', '20_export'])
 def test_chapter_runs_outside_the_checkout_with_only_colab_packages(chapter, tmp_path):
     nb = ROOT / 'nbs' / f'{chapter}.ipynb'
     dists = allowed_for(nb) - {'t2t-vit-lite'}

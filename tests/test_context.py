@@ -1,4 +1,4 @@
-"Chapter 12's committed context table: parseable, sourced, its T2T-ViT rows the published ones."
+"Chapter 13's committed context table: parseable, sourced, its T2T-ViT rows the published ones."
 import csv
 import pathlib
 

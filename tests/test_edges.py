@@ -1,6 +1,6 @@
 """Every tool at its edges (issue 24, second round): output paths, unusable weights, data folder traps, a requeued
 fine-tuning run, bad flags reported before any work, the command line recorded, and the two batch-size flags.
-The tools run in this process (chapter 13's `call_cli`): exit status and output as a shell sees them."""
+The tools run in this process (chapter 14's `call_cli`): exit status and output as a shell sees them."""
 import json, os, shutil
 import pytest
 import torch

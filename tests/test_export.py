@@ -1,5 +1,5 @@
 """Export of every variant: torch.export with a dynamic batch equals eager mode, while eager mode keeps its clear
-input errors (a model built with dynamic_img_size=False refuses another size; the default resamples its position table) (chapter 19 holds the ONNX, jit.trace and t2t-export round trips)."""
+input errors (a model built with dynamic_img_size=False refuses another size; the default resamples its position table) (chapter 20 holds the ONNX, jit.trace and t2t-export round trips)."""
 import pytest
 import torch
 import t2t_vit_lite as T
@@ -8,7 +8,7 @@ from t2t_vit_lite.export import export_program
 
 @pytest.mark.parametrize('name', T.list_models())
 def test_torch_export_dynamic_batch_equals_eager(name):
-    # 64-pixel inputs (grid 4 x 4) keep 13 exports within CI time; chapter 19 exports at 224 px
+    # 64-pixel inputs (grid 4 x 4) keep 13 exports within CI time; chapter 20 exports at 224 px
     torch.manual_seed(0)
     m = T.create_model(name, img_size=64).eval()
     ep = export_program(m)

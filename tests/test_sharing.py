@@ -1,6 +1,6 @@
-"""Sharing the timm way (chapter 20): `save_for_hf` folders load back as `local-dir:` and, from a filled
+"""Sharing the timm way (chapter 21): `save_for_hf` folders load back as `local-dir:` and, from a filled
 Hugging Face cache while offline, as `hf-hub:`, with the architecture, the weights and the class names;
-`file` overlays still go through chapter 14's loader. No network: the Hub is a local cache."""
+`file` overlays still go through chapter 15's loader. No network: the Hub is a local cache."""
 import argparse, json, os, subprocess, sys, textwrap
 from pathlib import Path
 import pytest, torch, timm
@@ -139,7 +139,7 @@ def test_local_dir_with_other_classes_size_and_features(shared):
     assert five.head.out_features == 5
     with torch.no_grad(): assert torch.equal(five.forward_features(x), model.forward_features(x))
     big = timm.create_model(f'local-dir:{folder}', pretrained=True, img_size=64)
-    assert big.pos_embed.shape[1] > model.pos_embed.shape[1]           # resampled by chapter 14's filter
+    assert big.pos_embed.shape[1] > model.pos_embed.shape[1]           # resampled by chapter 15's filter
     assert torch.equal(big.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
     feats = timm.create_model(f'local-dir:{folder}', pretrained=True, features_only=True,
                               out_indices=1).eval()
@@ -176,7 +176,7 @@ def test_no_source_names_every_way_to_load():
 
 
 def test_file_overlay_official_and_own_layouts(tmp_path):
-    "Regression guard for the `file` source: chapter 14's loader, EMA weights first, our .safetensors."
+    "Regression guard for the `file` source: chapter 15's loader, EMA weights first, our .safetensors."
     kw = dict(img_size=32, num_classes=3, embed_dim=32, depth=1, num_heads=2, token_dim=16)
     ema, raw = T.create_model('t2t_vit_7', **kw), T.create_model('t2t_vit_7', **kw)
     official = tmp_path / '71.7_T2T_ViT_7.pth.tar'
