@@ -19,8 +19,8 @@ from .t2t_layer import Attention, tokens_to_image
 from .t2t_module import make_stem
 
 # %% auto #0
-__all__ = ['Block', 'get_sinusoid_encoding', 'is_tracing', 'TimmControls', 'resample_pos_table', 'T2TViT', 'count_params',
-           'count_macs']
+__all__ = ['Block', 'get_sinusoid_encoding', 'is_tracing', 'TimmControls', 'InputCheck', 'resample_pos_table', 'T2TViT',
+           'count_params', 'count_macs']
 
 # %% ../nbs/05_backbone.ipynb #8ff9e511
 class Block(nn.Module):
@@ -65,7 +65,7 @@ def is_tracing() -> bool:
 # %% ../nbs/05_backbone.ipynb #7c0a11d2
 class TimmControls:
     ("timm's model controls that `T2TViT` inherits: checkpointing, parameter groups, "
-     "intermediate features.")
+     "intermediate features, the classifier head.")
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable:bool=True):
         ("Recompute each T2T layer and every block during backward instead of storing their "
@@ -121,6 +121,46 @@ class TimmControls:
         if prune_head: self.reset_classifier(0)
         return take_indices
 
+    @torch.jit.ignore
+    def get_classifier(self): return self.head
+
+    def reset_classifier(self, num_classes:int, global_pool=None):
+        "A new head for `num_classes` (0: none), on the model's device and dtype."
+        self._check_pool(global_pool)
+        self.num_classes, p = num_classes, self.cls_token
+        self.head = (nn.Linear(self.embed_dim, num_classes, device=p.device, dtype=p.dtype)
+                     .train(self.training) if num_classes > 0 else nn.Identity())
+
+    @staticmethod
+    def _check_pool(global_pool):
+        if global_pool not in (None, 'token'):
+            raise ValueError("T2T-ViT pools with its class token: "
+                             f"global_pool='token', got {global_pool!r}")
+
+
+# %% ../nbs/05_backbone.ipynb #7f0e48db
+class InputCheck:
+    "The input check `T2TViT` runs in eager mode: shapes only, with the fix in the message."
+    def check_input(self, x):
+        "Raise a ValueError naming the expected (B, C, H, W) when `x` does not fit this model."
+        size = 'H, W' if self.dynamic_img_size else f'{self.img_size}, {self.img_size}'
+        want, got = f'(B, {self.in_chans}, {size})', tuple(x.shape)
+        if x.ndim != 4: raise ValueError(f'expected an image batch {want}, '
+                                         f'got a {x.ndim}-D tensor of shape {got}')
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f'expected {want}, got {got}: {x.shape[1]} channels; '
+                             f'create the model with in_chans={x.shape[1]}')
+        if not self.dynamic_img_size and tuple(x.shape[-2:]) != (self.img_size, self.img_size):
+            raise ValueError(f'expected {want}, got {got}; resize the images to '
+                             f'{self.img_size}x{self.img_size}, or create the model for this size: '
+                             f'create_model(name, img_size={x.shape[-1]}) '
+                             '(or with dynamic_img_size=True)')
+        if min(self.tokens_to_token.feat_size(x.shape[-2], x.shape[-1])) < 1:
+            side = next(s for s in range(1, 4096) if min(self.tokens_to_token.feat_size(s, s)) >= 1)
+            raise ValueError(f'an image of {x.shape[-2]}x{x.shape[-1]} leaves no token after the '
+                             f'splits {self.tokens_to_token.schedule}; use at least {side}x{side}')
+
+
 # %% ../nbs/05_backbone.ipynb #7c0a11d8
 @register_notrace_function
 def resample_pos_table(pos_embed:torch.Tensor, # (1, 1+grid*grid, D): class token row, then the grid
@@ -134,7 +174,7 @@ def resample_pos_table(pos_embed:torch.Tensor, # (1, 1+grid*grid, D): class toke
                                   interpolation='bicubic', antialias=False)
 
 # %% ../nbs/05_backbone.ipynb #ae45dcc1
-class T2TViT(TimmControls, nn.Module):
+class T2TViT(TimmControls, InputCheck, nn.Module):
     ("Tokens-to-Token ViT: T2T module, class token, sinusoid positions, deep-narrow ViT blocks, "
      "linear head.")
     def __init__(self, img_size:int=224, tokens_type:str='performer', in_chans:int=3,
@@ -185,41 +225,6 @@ class T2TViT(TimmControls, nn.Module):
             trunc_normal_(m.weight, std=.02)
             if m.bias is not None: nn.init.zeros_(m.bias)
         elif isinstance(m, nn.LayerNorm): nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
-
-    @staticmethod
-    def _check_pool(global_pool):
-        if global_pool not in (None, 'token'):
-            raise ValueError("T2T-ViT pools with its class token: "
-                             f"global_pool='token', got {global_pool!r}")
-
-    @torch.jit.ignore
-    def get_classifier(self): return self.head
-
-    def reset_classifier(self, num_classes:int, global_pool=None):
-        "A new head for `num_classes` (0: none), on the model's device and dtype."
-        self._check_pool(global_pool)
-        self.num_classes, p = num_classes, self.cls_token
-        self.head = (nn.Linear(self.embed_dim, num_classes, device=p.device, dtype=p.dtype)
-                     .train(self.training) if num_classes > 0 else nn.Identity())
-
-    def check_input(self, x):
-        "Raise a ValueError naming the expected (B, C, H, W) when `x` does not fit this model."
-        size = 'H, W' if self.dynamic_img_size else f'{self.img_size}, {self.img_size}'
-        want, got = f'(B, {self.in_chans}, {size})', tuple(x.shape)
-        if x.ndim != 4: raise ValueError(f'expected an image batch {want}, '
-                                         f'got a {x.ndim}-D tensor of shape {got}')
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f'expected {want}, got {got}: {x.shape[1]} channels; '
-                             f'create the model with in_chans={x.shape[1]}')
-        if not self.dynamic_img_size and tuple(x.shape[-2:]) != (self.img_size, self.img_size):
-            raise ValueError(f'expected {want}, got {got}; resize the images to '
-                             f'{self.img_size}x{self.img_size}, or create the model for this size: '
-                             f'create_model(name, img_size={x.shape[-1]}) '
-                             '(or with dynamic_img_size=True)')
-        if min(self.tokens_to_token.feat_size(x.shape[-2], x.shape[-1])) < 1:
-            side = next(s for s in range(1, 4096) if min(self.tokens_to_token.feat_size(s, s)) >= 1)
-            raise ValueError(f'an image of {x.shape[-2]}x{x.shape[-1]} leaves no token after the '
-                             f'splits {self.tokens_to_token.schedule}; use at least {side}x{side}')
 
     def _embed(self, x) -> Tuple[torch.Tensor, int, int]:  # (B, C, H, W) -> (B, 1+h*w, D), h, w
         if not torch.jit.is_scripting():
