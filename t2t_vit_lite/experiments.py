@@ -363,7 +363,8 @@ def plot_verdicts(table:list, ax=None, equiv:float=1.0, xlim:float=60.):
     import matplotlib.pyplot as plt
     table = [t for t in table if 'mean' in t]
     pairs = list(dict.fromkeys((t['dataset'], t['a'], t['b']) for t in table))
-    sizes = list(dict.fromkeys(sorted((t['dataset'], t['n_train']) for t in table)))
+    sizes = list(dict.fromkeys(sorted(((t['dataset'], t['n_train']) for t in table),   # glyph sizes
+                                      key=lambda k: (k[0] != 'glyphs', k[1]))))      # in order
     if ax is None: _, ax = plt.subplots(figsize=(7, 0.55 * len(pairs) + 1.6))
     ax.axvspan(-equiv, equiv, color='0.9', label=f'equivalence band (±{equiv:g} point)')
     ax.axvline(0, color='0.4', lw=1)
